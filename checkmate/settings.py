@@ -1,0 +1,53 @@
+"""Every setting of CheckMate, read from CHECKMATE_* environment variables in one place."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The most rows any single list or batch call may ever touch, whatever the operator configures:
+# past this a batch should be split by the caller, not held in one transaction.
+HARD_MAX_RESULTS = 100_000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHECKMATE_", extra="ignore")
+
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL; unset starts an embedded server under data_dir."
+    )
+    store_url: str | None = Field(
+        None,
+        description="file:///path, memory:// or s3://bucket/prefix; unset = data_dir/store.",
+    )
+    data_dir: Path = Path(".checkmate")
+    lock_timeout: float = Field(60.0, gt=0, description="Seconds until a lock's heartbeat is stale.")
+    max_results_cap: int = Field(10_000, ge=1, le=HARD_MAX_RESULTS)
+    event_retention: timedelta = timedelta(days=7)
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated modules that register task kinds."
+    )
+    db_pool_size: int = Field(10, ge=1)
+    store_concurrency: int = Field(64, ge=1, description="Store requests in flight per batch.")
+    batch_chunk_size: int = Field(5_000, ge=1, description="Rows per batch UPDATE statement.")
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
