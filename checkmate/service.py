@@ -129,10 +129,14 @@ def _split(decisions: Sequence[Decision]) -> BatchResults:
 class CheckMateService:
     """The service layer: every operation an operator or the API performs on tasks."""
 
-    def __init__(self, engine: AsyncEngine, store: TaskStore, settings: Settings) -> None:
+    def __init__(
+        self, engine: AsyncEngine, store: TaskStore, settings: Settings, database_url: str
+    ) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings
+        # The libpq URL the engine was built from; the LISTEN connection and workers use it too.
+        self.database_url = database_url
 
     @classmethod
     async def open(cls, settings: Settings | None = None) -> CheckMateService:
@@ -145,7 +149,7 @@ class CheckMateService:
             await upgrade(engine)
         store_url = settings.store_url or (settings.resolved_data_dir / "store").as_uri()
         store = TaskStore.from_url(store_url, concurrency=settings.store_concurrency)
-        return cls(engine, store, settings)
+        return cls(engine, store, settings, url)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -636,7 +640,11 @@ async def service_context(
 ) -> AsyncIterator[tuple[CheckMateService, ...]]:
     """`async with service_context(CheckMateService) as (service,):` as in the original API."""
     first = await (service_classes[0] if service_classes else CheckMateService).open(settings)
-    services = (first, *(cls(first.engine, first.store, first.settings) for cls in service_classes[1:]))
+    services = (
+        first,
+        *(cls(first.engine, first.store, first.settings, first.database_url)
+          for cls in service_classes[1:]),
+    )
     try:
         yield services
     finally:

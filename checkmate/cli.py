@@ -1,0 +1,91 @@
+"""The `checkmate` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from checkmate.db.engine import create_engine, resolve_database_url
+from checkmate.db.migrate import upgrade
+from checkmate.models import StageStatus
+from checkmate.service import CheckMateService
+from checkmate.settings import get_settings
+
+app = typer.Typer(help="CheckMate: operate pipeline tasks at scale.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the migrations to the configured (or embedded) database."""
+
+    async def run() -> None:
+        engine = create_engine(resolve_database_url(get_settings()), pool_size=1)
+        try:
+            await upgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    console.print(f"database at revision [bold]{revision}[/bold]")
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="Tasks per status.")] = 2,
+) -> None:
+    """Create demo.pipeline tasks and bring some into every status a database alone can give."""
+
+    async def run() -> None:
+        service = await CheckMateService.open()
+        try:
+            created = [
+                await service.create("demo.pipeline", tags=["demo"], params={"stages": 3})
+                for _ in range(count * 4)
+            ]
+            ids = [task.id for task in created]
+            await service.invoke(ids[count:], dry_run=False)
+            await service.cancel(ids[2 * count : 3 * count], dry_run=False)
+            await service.invoke(ids[3 * count :], dry_run=False)
+            counts = await service.count_by_status()
+        finally:
+            await service.close()
+        table = Table("status", "tasks")
+        for status in StageStatus:
+            table.add_row(status.value, str(counts.get(status, 0)))
+        console.print(table)
+
+    asyncio.run(run())
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Run the GraphQL API with uvicorn (embedded database when none is configured)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO)
+    uvicorn.run("server:create_app", factory=True, host=host, port=port, reload=reload)
+
+
+@app.command()
+def worker(
+    queue: Annotated[list[str] | None, typer.Option(help="Queue to serve (repeatable).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 1,
+    name: Annotated[str | None, typer.Option(help="Worker id (default host:pid).")] = None,
+) -> None:
+    """Claim and run queued tasks until SIGTERM or SIGINT."""
+    from checkmate.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO)
+    raise typer.Exit(run_worker(queues=queue or ["default"], concurrency=concurrency, name=name))
