@@ -4,8 +4,9 @@
         [--store-url file:///tmp/store --objects-for 100] [--statuses CREATED,QUEUED]
 
 Rows get mixed statuses, queues, tags and names (independent of each other), and created_at
-spread one second apart ending now. The newest `objects_for` tasks also get their store objects (task object, stage metadata,
-and a lock when RUNNING), so that reads with metadata have something to read.
+spread one second apart ending now. The newest `objects_for` tasks also get their store objects
+(task object, stage metadata, and a lock when RUNNING), so that reads with metadata have
+something to read.
 """
 
 from __future__ import annotations
@@ -94,9 +95,8 @@ async def _write_objects(store: TaskStore, records: Sequence[asyncpg.Record]) ->
             )
         if status is StageStatus.RUNNING:
             now = datetime.now(UTC)
-            await store.put_lock(
-                task_id, TaskLock(owner="seed", host="bench", pid=0, acquired_at=now, heartbeat_at=now)
-            )
+            lock = TaskLock(owner="seed", host="bench", pid=0, acquired_at=now, heartbeat_at=now)
+            await store.put_lock(task_id, lock)
 
     by_id = {record["id"]: record for record in records}
     results = await store.for_each(by_id, write)
