@@ -230,12 +230,16 @@ class CheckMateService:
         async with self._connect() as conn:
             return await queries.count_tasks(conn, task_filter or TaskFilter())
 
-    async def count_by_status(self, task_filter: TaskFilter | None = None) -> dict[StageStatus, int]:
+    async def count_by_status(
+        self, task_filter: TaskFilter | None = None
+    ) -> dict[StageStatus, int]:
         async with self._connect() as conn:
             counts = await queries.count_tasks_by_status(conn, task_filter or TaskFilter())
         return {StageStatus(status): count for status, count in counts}
 
-    async def find(self, task_id: str | UUID, include_metadata: bool = True) -> CheckMateTask | None:
+    async def find(
+        self, task_id: str | UUID, include_metadata: bool = True
+    ) -> CheckMateTask | None:
         """The task, or None when no task has that id; ServiceError for a malformed id."""
         parsed = parse_task_id(task_id)
         async with self._connect() as conn:
@@ -315,7 +319,9 @@ class CheckMateService:
         )
         # The object first: a record never points at a task object that was not written.
         await self.store.put_task(task_object)
-        values: dict[str, Any] = {"id": task_id, "name": name, "queue": queue, "tags": list(tags or [])}
+        values: dict[str, Any] = {
+            "id": task_id, "name": name, "queue": queue, "tags": list(tags or [])
+        }
         if invoke:
             values |= {"status": StageStatus.QUEUED.value, "attempts": 1}
         try:
@@ -459,7 +465,9 @@ class CheckMateService:
         self, action: BatchAction, candidates: Sequence[Candidate]
     ) -> dict[UUID, StoreFacts]:
         lock_ids = [task.id for task in candidates if actions.needs_lock_read(action, task)]
-        object_ids = {task.id for task in candidates if actions.needs_task_object_read(action, task)}
+        object_ids = {
+            task.id for task in candidates if actions.needs_task_object_read(action, task)
+        }
         if not lock_ids:
             return {}
 
@@ -491,11 +499,11 @@ class CheckMateService:
     async def _apply(
         self,
         action: BatchAction,
-        decisions: list[Decision],
+        decisions: builtins.list[Decision],
         facts: dict[UUID, StoreFacts],
         rules: Rules,
         db_transact: bool,
-    ) -> list[Decision]:
+    ) -> builtins.list[Decision]:
         """Carry out the applicable decisions; return every decision as it finally stands."""
         final = {decision.task_id: decision for decision in decisions}
         ids = sorted(decision.task_id for decision in decisions if decision.applies)

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         description="file:///path, memory:// or s3://bucket/prefix; unset = data_dir/store.",
     )
     data_dir: Path = Path(".checkmate")
-    lock_timeout: float = Field(60.0, gt=0, description="Seconds until a lock's heartbeat is stale.")
+    lock_timeout: float = Field(
+        60.0, gt=0, description="Seconds until a lock's heartbeat is stale."
+    )
     max_results_cap: int = Field(10_000, ge=1, le=HARD_MAX_RESULTS)
     event_retention: timedelta = timedelta(days=7)
     task_modules: Annotated[list[str], NoDecode] = Field(

@@ -7,6 +7,7 @@ tasks/<id>/lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -107,10 +108,8 @@ class TaskStore:
 
     async def _delete(self, paths: list[str]) -> None:
         for path in paths:
-            try:
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
                 await obstore.delete_async(self.store, path)
-            except (NotFoundError, FileNotFoundError):
-                pass
 
     async def ping(self) -> None:
         """Raise if the store cannot be listed (used by readiness checks)."""
@@ -125,7 +124,7 @@ class TaskStore:
         """The task object, None when missing; StoreError when it cannot be parsed."""
         path = task_path(task_id)
         raw = await self._get(path)
-        return None if raw is None else _load(TaskObject, raw, path)  # type: ignore[no-any-return]
+        return None if raw is None else _load(TaskObject, raw, path)
 
     async def put_stage(self, task_id: UUID, stage: StageMetadata) -> None:
         await self._put(stage_path(task_id, stage.index, stage.name), _dump(stage))
@@ -144,7 +143,7 @@ class TaskStore:
     async def get_lock(self, task_id: UUID) -> TaskLock | None:
         path = lock_path(task_id)
         raw = await self._get(path)
-        return None if raw is None else _load(TaskLock, raw, path)  # type: ignore[no-any-return]
+        return None if raw is None else _load(TaskLock, raw, path)
 
     async def create_lock(self, task_id: UUID, lock: TaskLock) -> bool:
         """Write the lock only if none exists; False when another holder has it."""

