@@ -83,9 +83,19 @@ def worker(
     queue: Annotated[list[str] | None, typer.Option(help="Queue to serve (repeatable).")] = None,
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     name: Annotated[str | None, typer.Option(help="Worker id (default host:pid).")] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between claims when no notification comes.")
+    ] = 5.0,
 ) -> None:
-    """Claim and run queued tasks until SIGTERM or SIGINT."""
+    """Claim and run queued tasks until SIGTERM or SIGINT (finishes current stages, requeues)."""
     from checkmate.worker import run_worker
 
-    logging.basicConfig(level=logging.INFO)
-    raise typer.Exit(run_worker(queues=queue or ["default"], concurrency=concurrency, name=name))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    raise typer.Exit(
+        run_worker(
+            queues=queue or ["default"],
+            concurrency=concurrency,
+            name=name,
+            poll_interval=poll_interval,
+        )
+    )

@@ -72,7 +72,9 @@ class TaskKind:
         """Decorator appending a stage; stages run in the order they are declared."""
 
         def register(stage_func: StageCallable) -> StageCallable:
-            stage_name = name or getattr(stage_func, "__name__", f"stage-{len(self.stages) + 1}")
+            stage_name = name or str(
+                getattr(stage_func, "__name__", None) or f"stage-{len(self.stages) + 1}"
+            )
             self.stages.append(Stage(stage_name, stage_func))
             return stage_func
 

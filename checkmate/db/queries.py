@@ -252,19 +252,19 @@ async def delete_events_before(conn: AsyncConnection, cutoff: datetime) -> int:
 
 async def select_claimable(
     conn: AsyncConnection, queues: Sequence[str], limit: int, exclude: Sequence[UUID] = ()
-) -> Sequence[Row[Any]]:
+) -> list[UUID]:
     """Row-lock up to `limit` of the oldest QUEUED tasks of `queues`, skipping rows other
     workers hold: concurrent claimers never wait on each other nor take the same task."""
     by_queue = (
         tasks.c.queue == queues[0] if len(queues) == 1 else tasks.c.queue.in_(list(queues))
     )
-    query = select(tasks.c.id, tasks.c.name, tasks.c.queue).where(
+    query = select(tasks.c.id).where(
         tasks.c.status == StageStatus.QUEUED.value, by_queue
     )
     if exclude:
         query = query.where(tasks.c.id != all_(_uuid_array(exclude)))
     query = query.order_by(tasks.c.created_at).limit(limit).with_for_update(skip_locked=True)
-    return (await conn.execute(query)).all()
+    return list((await conn.execute(query)).scalars().all())
 
 
 async def mark_running(conn: AsyncConnection, ids: Sequence[UUID], worker: str) -> int:
@@ -280,7 +280,7 @@ async def mark_running(conn: AsyncConnection, ids: Sequence[UUID], worker: str) 
             updated_at=func.now(),
         )
     )
-    return (await conn.execute(query)).rowcount  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount
 
 
 def _held_by(task_id: UUID, worker: str) -> ColumnElement[bool]:
@@ -297,8 +297,10 @@ async def set_running_stage(
 ) -> bool:
     """Record the stage about to run; False when the task is no longer this worker's to run,
     which makes this the worker's re-read of the status between stages."""
-    query = update(tasks).where(_held_by(task_id, worker)).values(stage=stage, updated_at=func.now())
-    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    query = (
+        update(tasks).where(_held_by(task_id, worker)).values(stage=stage, updated_at=func.now())
+    )
+    return (await conn.execute(query)).rowcount == 1
 
 
 async def finish_task(
@@ -309,7 +311,7 @@ async def finish_task(
         .where(_held_by(task_id, worker))
         .values(status=status.value, error=error, finished_at=func.now(), updated_at=func.now())
     )
-    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount == 1
 
 
 async def requeue_task(conn: AsyncConnection, task_id: UUID, worker: str) -> bool:
@@ -319,4 +321,4 @@ async def requeue_task(conn: AsyncConnection, task_id: UUID, worker: str) -> boo
         .where(_held_by(task_id, worker))
         .values(status=StageStatus.QUEUED.value, worker=None, updated_at=func.now())
     )
-    return (await conn.execute(query)).rowcount == 1  # type: ignore[attr-defined,no-any-return]
+    return (await conn.execute(query)).rowcount == 1

@@ -1,0 +1,422 @@
+"""`checkmate worker`: claim QUEUED tasks, run their stages under a heart-beating lock object.
+
+One claim is one short transaction (SELECT ... FOR UPDATE SKIP LOCKED, create the lock
+object, set RUNNING, commit), so any number of workers on any number of machines share the
+queues without taking a task twice. A task's progress lives in its stage metadata objects:
+a re-run skips the stages that COMPLETED, which is how `invoke` resumes a failed task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from checkmate.db import queries
+from checkmate.db.engine import asyncpg_dsn
+from checkmate.db.tables import QUEUED_CHANNEL
+from checkmate.models import StageMetadata, StageStatus, TaskLock
+from checkmate.service import CheckMateService
+from checkmate.store import StoreError
+from checkmate.tasks import Stage, StageContext, StageResult, TaskKindError, get_kind
+
+log = logging.getLogger(__name__)
+
+# Claims happen on notification; this poll only covers a lost LISTEN connection.
+DEFAULT_POLL_INTERVAL = 5.0
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Outcome(Enum):
+    COMPLETED = "completed"
+    ERROR = "error"
+    # The task stopped being ours between stages (canceled, or unlocked by an operator).
+    STOPPED = "stopped"
+    # The worker is shutting down: the task goes back to QUEUED for another worker.
+    REQUEUE = "requeue"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    task_id: UUID
+    lock: TaskLock
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    outcome: Outcome
+    error: str | None = None
+
+
+def _stage_data(result: Any, recorded: dict[str, Any]) -> dict[str, Any] | None:
+    """What a stage returned merged with what it recorded; must survive a JSON round trip."""
+    if result is None:
+        data = dict(recorded)
+    elif isinstance(result, dict):
+        data = {**result, **recorded}
+    else:
+        data = {"result": result, **recorded}
+    # Checked here, inside the stage's try, so unserialisable data fails the stage, not the worker.
+    return orjson.loads(orjson.dumps(data)) if data else None
+
+
+def _is_ours(lock: TaskLock | None, claim: Claim) -> bool:
+    return lock is not None and (lock.owner, lock.acquired_at) == (
+        claim.lock.owner,
+        claim.lock.acquired_at,
+    )
+
+
+class Worker:
+    """Claims tasks of `queues` and runs at most `concurrency` of them at a time."""
+
+    def __init__(
+        self,
+        service: CheckMateService,
+        queues: Sequence[str],
+        *,
+        concurrency: int = 1,
+        name: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        self.service = service
+        self.store = service.store
+        self.queues = list(dict.fromkeys(queues))
+        self.concurrency = concurrency
+        self.name = name or default_worker_name()
+        self.poll_interval = poll_interval
+        self.lock_timeout = service.settings.lock_timeout
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        # QUEUED tasks found with a lock object: left alone until an operator unlocks them.
+        self._skip_until: dict[UUID, float] = {}
+        self._listener: Any = None
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="checkmate-stage")
+
+    def stop(self) -> None:
+        """Finish the current stages, requeue the rest, return from run()."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping: finishing current stages", self.name)
+        self._stopping.set()
+        self._wake.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        await self._listen()
+        log.info(
+            "worker %s serving queues %s with concurrency %d",
+            self.name, ", ".join(self.queues), self.concurrency,
+        )
+        try:
+            await self._claim_loop()
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+        finally:
+            await self._close_listener()
+            self._threads.shutdown(wait=False)
+        log.info("worker %s stopped", self.name)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            try:
+                claims = await self.claim(free)
+            except Exception:
+                log.exception("claim failed; retrying in %gs", self.poll_interval)
+                claims = []
+            for claim in claims:
+                self._spawn(claim)
+            if not claims:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Sleep until a notification, a stop, or the poll interval; reconnect LISTEN if lost."""
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _spawn(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._execute(claim))
+        self._running.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._running.discard(finished)
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    # --- LISTEN -----------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        await self._close_listener()
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(self.service.database_url))
+            await conn.add_listener(QUEUED_CHANNEL, self._on_queued)
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("LISTEN failed (%s); polling every %gs", error, self.poll_interval)
+            return
+        self._listener = conn
+
+    def _on_queued(self, _conn: object, _pid: int, _channel: str, queue: str) -> None:
+        if queue in self.queues:
+            self._wake.set()
+
+    async def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close()
+
+    # --- claim ------------------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[Claim]:
+        """Claim up to `limit` tasks in one transaction; their lock objects exist on return."""
+        now = time.monotonic()
+        self._skip_until = {i: t for i, t in self._skip_until.items() if t > now}
+        created: list[Claim] = []
+        try:
+            async with self.service.engine.begin() as conn:
+                task_ids = await queries.select_claimable(
+                    conn, self.queues, limit, list(self._skip_until)
+                )
+                if not task_ids:
+                    return []
+                created = await self._create_locks(task_ids)
+                if created:
+                    await queries.mark_running(conn, [c.task_id for c in created], self.name)
+        except BaseException:
+            # The claim did not commit: nobody runs these tasks, so their locks must go.
+            await asyncio.shield(self._delete_locks(created))
+            raise
+        return created
+
+    async def _create_locks(self, task_ids: Sequence[UUID]) -> list[Claim]:
+        acquired_at = _now()
+        lock = TaskLock(
+            owner=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            acquired_at=acquired_at,
+            heartbeat_at=acquired_at,
+        )
+        results = await asyncio.gather(
+            *(self.store.create_lock(task_id, lock) for task_id in task_ids),
+            return_exceptions=True,
+        )
+        claims = []
+        for task_id, created in zip(task_ids, results, strict=True):
+            if created is True:
+                claims.append(Claim(task_id, lock))
+                continue
+            reason = "a lock object exists" if created is False else f"store error: {created}"
+            log.warning("not claiming QUEUED task %s: %s", task_id, reason)
+            self._skip_until[task_id] = time.monotonic() + self.lock_timeout
+        return claims
+
+    async def _delete_locks(self, claims: Sequence[Claim]) -> None:
+        await asyncio.gather(*(self.store.delete_lock(claim.task_id) for claim in claims))
+
+    # --- run a claimed task -----------------------------------------------------------------
+
+    async def _execute(self, claim: Claim) -> None:
+        try:
+            async with self._heartbeat(claim):
+                result = await self._run_task(claim.task_id)
+            await self._settle(claim, result)
+        except Exception:
+            # Database or store gone mid-task: the lock stays and goes stale, as when killed.
+            log.exception("task %s: worker could not record its outcome", claim.task_id)
+
+    async def _settle(self, claim: Claim, result: RunResult) -> None:
+        task_id = claim.task_id
+        if result.outcome is Outcome.REQUEUE:
+            # Lock first, then QUEUED: a claimer never meets a QUEUED task still locked by us.
+            await self._release(claim)
+            async with self.service.engine.begin() as conn:
+                await queries.requeue_task(conn, task_id, self.name)
+            log.info("task %s requeued (worker shutting down)", task_id)
+            return
+        if result.outcome is not Outcome.STOPPED:
+            status = StageStatus.ERROR
+            if result.outcome is Outcome.COMPLETED:
+                status = StageStatus.COMPLETED
+            async with self.service.engine.begin() as conn:
+                finished = await queries.finish_task(conn, task_id, self.name, status, result.error)
+            if not finished:
+                result = RunResult(Outcome.STOPPED)
+            elif status is StageStatus.ERROR:
+                log.info("task %s failed: %s", task_id, result.error)
+        if result.outcome is Outcome.STOPPED:
+            log.info("task %s stopped: canceled or unlocked while it ran", task_id)
+        await self._release(claim)
+
+    async def _release(self, claim: Claim) -> None:
+        """Delete the lock if it is still the one this claim wrote (an operator may have
+        unlocked the task and another worker claimed it since)."""
+        if _is_ours(await self.store.get_lock(claim.task_id), claim):
+            await self.store.delete_lock(claim.task_id)
+
+    async def _run_task(self, task_id: UUID) -> RunResult:
+        try:
+            task_object = await self.store.get_task(task_id)
+            if task_object is None:
+                return RunResult(Outcome.ERROR, "task object missing from the store")
+            stages = get_kind(task_object.name).stages_for(task_object.params)
+        except (StoreError, TaskKindError) as error:
+            return RunResult(Outcome.ERROR, str(error))
+        previous = {meta.index: meta for meta in await self.store.get_stages(task_id)}
+        outputs: dict[str, dict[str, Any]] = {}
+        for index, stage in enumerate(stages):
+            before = previous.get(index)
+            if before is not None and before.name != stage.name:
+                before = None  # the kind's plan changed since: this is a different stage
+            if before is not None and before.status is StageStatus.COMPLETED:
+                outputs[stage.name] = before.data or {}
+                continue
+            if self._stopping.is_set():
+                return RunResult(Outcome.REQUEUE)
+            async with self.service.engine.begin() as conn:
+                if not await queries.set_running_stage(conn, task_id, self.name, stage.name):
+                    return RunResult(Outcome.STOPPED)
+            attempt = before.attempt + 1 if before is not None else 1
+            context = StageContext(
+                task_id, task_object.params, stage.name, index, attempt, outputs=dict(outputs)
+            )
+            meta = await self._run_stage(stage, context)
+            if meta.status is StageStatus.ERROR:
+                return RunResult(Outcome.ERROR, f"stage {stage.name} failed: {meta.error}")
+            outputs[stage.name] = meta.data or {}
+        return RunResult(Outcome.COMPLETED)
+
+    async def _run_stage(self, stage: Stage, ctx: StageContext) -> StageMetadata:
+        """Run one stage; its metadata object is written when it starts and when it ends."""
+        started = _now()
+        meta = StageMetadata(
+            index=ctx.index,
+            name=stage.name,
+            status=StageStatus.RUNNING,
+            started_at=started,
+            attempt=ctx.attempt,
+        )
+        await self.store.put_stage(ctx.task_id, meta)
+        clock = time.perf_counter()
+        try:
+            data = _stage_data(await self._call(stage, ctx), ctx.recorded)
+            update: dict[str, Any] = {"status": StageStatus.COMPLETED, "data": data}
+        except Exception as error:
+            update = {
+                "status": StageStatus.ERROR,
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(),
+                "data": _stage_data(None, ctx.recorded),
+            }
+        update |= {"finished_at": _now(), "duration_seconds": time.perf_counter() - clock}
+        meta = meta.model_copy(update=update)
+        await self.store.put_stage(ctx.task_id, meta)
+        return meta
+
+    async def _call(self, stage: Stage, ctx: StageContext) -> StageResult:
+        if inspect.iscoroutinefunction(stage.run):
+            return await stage.run(ctx)  # type: ignore[no-any-return]
+        # Sync stages run in a thread so the event loop keeps heart-beating the lock.
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._threads, stage.run, ctx)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    @asynccontextmanager
+    async def _heartbeat(self, claim: Claim) -> AsyncIterator[None]:
+        """Refresh the lock's heartbeat every lock_timeout/3 while the task runs.
+
+        Stopped by an event, never cancelled: a cancelled put may still land in the store
+        after the lock was deleted, and bring the lock back.
+        """
+        done = asyncio.Event()
+
+        async def beat() -> None:
+            interval = self.lock_timeout / 3
+            while True:
+                try:
+                    await asyncio.wait_for(done.wait(), interval)
+                    return
+                except TimeoutError:
+                    pass
+                try:
+                    if not _is_ours(await self.store.get_lock(claim.task_id), claim):
+                        return  # unlocked by an operator: never bring the lock back
+                    await self.store.put_lock(
+                        claim.task_id, claim.lock.model_copy(update={"heartbeat_at": _now()})
+                    )
+                except Exception:
+                    log.exception("task %s: heartbeat failed", claim.task_id)
+
+        beating = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            done.set()
+            await beating
+
+
+async def serve(
+    queues: Sequence[str],
+    concurrency: int = 1,
+    name: str | None = None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> None:
+    """Open the service, run a worker until SIGTERM or SIGINT, close."""
+    service = await CheckMateService.open()
+    try:
+        worker = Worker(
+            service, queues, concurrency=concurrency, name=name, poll_interval=poll_interval
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+    finally:
+        await service.close()
+
+
+def run_worker(
+    queues: list[str],
+    concurrency: int,
+    name: str | None,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> int:
+    """Entry point of `checkmate worker`; returns the exit code."""
+    asyncio.run(serve(queues, concurrency, name, poll_interval))
+    return 0
