@@ -102,6 +102,11 @@ def not_found(task_id: UUID) -> Decision:
     return Decision(task_id, None, None, error="task not found")
 
 
+def excluded(task_id: UUID, status: StageStatus) -> Decision:
+    """A requested id whose task exists but does not match the rest of the filter."""
+    return Decision(task_id, status, status, error="task does not match the filter")
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """Inputs every decision shares."""

@@ -451,8 +451,7 @@ class CheckMateService:
         async with self._connect() as conn:
             rows = await queries.select_batch_candidates(conn, selection, sort=sort, limit=limit)
         candidates = [Candidate.from_row(row) for row in rows]
-        found = {candidate.id for candidate in candidates}
-        missing = [actions.not_found(i) for i in selection.ids or () if i not in found]
+        missing = await self._unselected(selection, {candidate.id for candidate in candidates})
         facts = await self._store_facts(action, candidates)
         rules = Rules(datetime.now(UTC), self.settings.lock_timeout, force)
         decide = actions.DECIDE[action]
@@ -460,6 +459,27 @@ class CheckMateService:
         if not dry_run:
             decisions = await self._apply(action, decisions, facts, rules, db_transact)
         return _split([*decisions, *missing])
+
+    async def _unselected(
+        self, selection: TaskFilter, found: set[UUID]
+    ) -> builtins.list[Decision]:
+        """Requested ids the selection left out: unknown, or excluded by the other filters
+        (one more query, only when an id is missing and a filter was given too)."""
+        absent = [task_id for task_id in selection.ids or () if task_id not in found]
+        existing: dict[UUID, StageStatus] = {}
+        if absent and not selection.model_copy(update={"ids": None}).is_empty():
+            by_id = TaskFilter(ids=tuple(absent))
+            async with self._connect() as conn:
+                rows = await queries.select_batch_candidates(
+                    conn, by_id, sort="asc", limit=len(absent)
+                )
+            existing = {row.id: StageStatus(row.status) for row in rows}
+        return [
+            actions.excluded(task_id, existing[task_id])
+            if task_id in existing
+            else actions.not_found(task_id)
+            for task_id in absent
+        ]
 
     async def _store_facts(
         self, action: BatchAction, candidates: Sequence[Candidate]
