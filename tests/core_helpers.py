@@ -138,8 +138,9 @@ async def make_task(
     return (await make_tasks(raw_conn, store, [spec], lock_timeout))[0]
 
 
-async def dump_database(raw_conn: asyncpg.Connection) -> dict[str, Any]:
-    """Every row of every table of the schema, in a stable order, and the sequences' positions."""
+async def dump_database(raw_conn: asyncpg.Connection, sequences: bool = True) -> dict[str, Any]:
+    """Every row of every table of the schema, in a stable order, and the sequences' positions
+    (which a rolled-back transaction moves too: pass sequences=False after a rollback)."""
     tables = await raw_conn.fetch(
         "SELECT table_name FROM information_schema.tables "
         "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"
@@ -148,10 +149,11 @@ async def dump_database(raw_conn: asyncpg.Connection) -> dict[str, Any]:
     for (table,) in tables:
         rows = await raw_conn.fetch(f'SELECT * FROM "{table}" ORDER BY 1')
         dump[table] = [tuple(row.items()) for row in rows]
-    sequences = await raw_conn.fetch(
-        "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
-    )
-    dump["sequences"] = sorted(tuple(row) for row in sequences)
+    if sequences:
+        positions = await raw_conn.fetch(
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+        )
+        dump["sequences"] = sorted(tuple(row) for row in positions)
     return dump
 
 
