@@ -289,6 +289,11 @@ class CheckMateService:
             task.lock_detected = found.lock_detected
             task.stage_status = found.metadata[-1].status if found.metadata else None
 
+    async def ping(self) -> None:
+        """Raise ServiceError(UNAVAILABLE) when the database does not answer (readiness)."""
+        async with self._connect() as conn:
+            await queries.ping(conn)
+
     # --- create ----------------------------------------------------------------------------
 
     async def create(

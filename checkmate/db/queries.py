@@ -322,3 +322,10 @@ async def requeue_task(conn: AsyncConnection, task_id: UUID, worker: str) -> boo
         .values(status=StageStatus.QUEUED.value, worker=None, updated_at=func.now())
     )
     return (await conn.execute(query)).rowcount == 1
+
+
+# --- GraphQL API (server readiness) -----------------------------------------------------------
+
+
+async def ping(conn: AsyncConnection) -> None:
+    await conn.execute(select(true()))

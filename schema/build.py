@@ -1,0 +1,38 @@
+"""The strawberry schema with its bounded parser/validation caches and error codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import ParserCache, ValidationCache
+
+from schema.errors import ErrorCodes
+from schema.resolvers import Mutation, Query, Subscription
+
+# Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
+# that sends endless unique texts from growing memory.
+CACHE_SIZE = 512
+
+
+class CheckMateSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # ErrorCodes logs what is unexpected, with the request id; user errors are not logged.
+        return
+
+
+def build_schema() -> CheckMateSchema:
+    return CheckMateSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[
+            lambda: ParserCache(maxsize=CACHE_SIZE),
+            lambda: ValidationCache(maxsize=CACHE_SIZE),
+            ErrorCodes,
+        ],
+    )
+
+
+schema = build_schema()

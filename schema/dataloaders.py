@@ -1,0 +1,57 @@
+"""Per-request DataLoaders: every store read and task lookup of one request goes out in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from strawberry.dataloader import DataLoader
+
+from checkmate.models import CheckMateTask, TaskFilter
+from checkmate.service import ServiceError, TaskObjects
+
+if TYPE_CHECKING:
+    from checkmate.service import CheckMateService
+
+log = logging.getLogger(__name__)
+
+
+class Loaders:
+    """`objects`: store objects (params, metadata, lock) of tasks; `tasks`: task records by id."""
+
+    def __init__(self, service: CheckMateService, *, cache: bool = True) -> None:
+        self._service = service
+        self.objects: DataLoader[UUID, TaskObjects] = DataLoader(self._load_objects, cache=cache)
+        self.tasks: DataLoader[UUID, CheckMateTask | None] = DataLoader(
+            self._load_tasks, cache=cache
+        )
+
+    async def _load_objects(self, task_ids: list[UUID]) -> Sequence[TaskObjects | BaseException]:
+        found = await self._service.read_objects(task_ids)
+        return [_objects_or_error(task_id, found[task_id]) for task_id in task_ids]
+
+    async def _load_tasks(self, task_ids: list[UUID]) -> Sequence[CheckMateTask | None]:
+        # One SELECT per cap-sized chunk; batch results never exceed the cap, so this is one.
+        by_id: dict[UUID, CheckMateTask] = {}
+        cap = self._service.settings.max_results_cap
+        for start in range(0, len(task_ids), cap):
+            chunk = tuple(task_ids[start : start + cap])
+            page = await self._service.page(TaskFilter(ids=chunk), max_results=len(chunk))
+            by_id.update((task.id, task) for task in page.tasks)
+        return [by_id.get(task_id) for task_id in task_ids]
+
+
+def _objects_or_error(
+    task_id: UUID, found: TaskObjects | BaseException
+) -> TaskObjects | BaseException:
+    if not isinstance(found, BaseException):
+        return found
+    # The cause may name paths or buckets: log it, tell the client only what failed.
+    log.warning("store read failed for task %s: %r", task_id, found)
+    return ServiceError(
+        f"the persistence store could not be read for task {task_id}; "
+        "its metadata, lock and params are null",
+        code=ServiceError.UNAVAILABLE,
+    )

@@ -1,0 +1,214 @@
+"""The ASGI app: Starlette with the GraphQL router at /graphql, health, readiness and metrics.
+
+`checkmate serve` runs `server:create_app` with uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
+
+from checkmate.events import EventHub
+from checkmate.service import CheckMateService
+from checkmate.settings import Settings
+from schema import schema
+from schema.context import GraphQLContext
+from schema.metrics import LATENCY, REQUESTS
+
+log = logging.getLogger("checkmate.api")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+APPLICATION_JSON = "application/json"
+READINESS_TIMEOUT = 2.0
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def response_media_type(accept: str) -> str:
+    """GraphQL-over-HTTP: application/graphql-response+json when the client lists it at least as
+    high as application/json; application/json for everyone else (legacy clients, */*)."""
+    best: dict[str, float] = {}
+    for part in accept.split(","):
+        media_type, *params = (item.strip() for item in part.split(";"))
+        quality = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        best[media_type.lower()] = max(best.get(media_type.lower(), 0.0), quality)
+    wanted = best.get(GRAPHQL_RESPONSE_JSON, 0.0)
+    if wanted > 0 and wanted >= best.get(APPLICATION_JSON, 0.0):
+        return GRAPHQL_RESPONSE_JSON
+    return APPLICATION_JSON
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+
+
+class GraphQLRouter(GraphQL[GraphQLContext, None]):
+    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types."""
+
+    def encode_json(self, data: object) -> bytes:
+        return orjson.dumps(data)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return orjson.loads(data)
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> GraphQLContext:
+        state = request.app.state
+        request_id = request_id_of(request.headers)
+        if isinstance(response, Response):
+            response.headers["x-request-id"] = request_id
+        return GraphQLContext(
+            service=state.service,
+            hub=state.hub,
+            request_id=request_id,
+            request=request,
+            response=response,
+            cache_loads=isinstance(request, Request),
+        )
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        sub_response.media_type = response_media_type(request.headers.get("accept", ""))
+        request.state.sub_response = sub_response
+        return sub_response
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        processed = await super().process_result(request, result)
+        if isinstance(result, PreExecutionError):
+            # A request error (unparsable or invalid document): no execution, so no data entry.
+            processed.pop("data", None)
+            sub_response = getattr(request.state, "sub_response", None)
+            if sub_response is not None and sub_response.media_type == GRAPHQL_RESPONSE_JSON:
+                sub_response.status_code = 400
+        return processed
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = Response(
+            self.encode_json(response_data),
+            status_code=sub_response.status_code or 200,
+            media_type=sub_response.media_type or APPLICATION_JSON,
+        )
+        response.headers.raw.extend(sub_response.headers.raw)
+        if sub_response.background:
+            response.background = sub_response.background
+        return response
+
+
+_METRIC_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics"})
+
+
+class MetricsMiddleware:
+    """Counts and times HTTP requests per route (unknown paths share one label)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in _METRIC_PATHS else "other"
+        method = scope["method"]
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            LATENCY.labels(method, path).observe(time.perf_counter() - started)
+            REQUESTS.labels(method, path, str(status)).inc()
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _check(name: str, probe: Any) -> bool:
+    try:
+        await asyncio.wait_for(probe, READINESS_TIMEOUT)
+    except Exception as error:
+        log.warning("readiness: %s unreachable: %r", name, error)
+        return False
+    return True
+
+
+async def readyz(request: Request) -> Response:
+    service: CheckMateService = request.app.state.service
+    database, store = await asyncio.gather(
+        _check("database", service.ping()), _check("store", service.store.ping())
+    )
+    body = {
+        "database": "ok" if database else "unreachable",
+        "store": "ok" if store else "unreachable",
+    }
+    return JSONResponse(body, status_code=200 if database and store else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The app; its lifespan opens the service (database and store) and the event hub."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service = await CheckMateService.open(settings)
+        hub = EventHub(service)
+        try:
+            await hub.start()
+            app.state.service, app.state.hub = service, hub
+            yield
+        finally:
+            await hub.stop()
+            await service.close()
+
+    graphql = GraphQLRouter(schema, keep_alive=True, keep_alive_interval=15)
+    routes = [
+        Route("/graphql", graphql, methods=None),
+        WebSocketRoute("/graphql", graphql),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware)
+    return app
