@@ -1,0 +1,97 @@
+"""Batch actions are set-based: the number of SQL statements depends on the number of chunks,
+never on the number of tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event
+
+from checkmate.models import StageStatus
+from checkmate.service import CheckMateService
+
+S = StageStatus
+
+
+class StatementCounter:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+
+
+@pytest.fixture
+def statements(service: CheckMateService) -> Iterator[StatementCounter]:
+    counter = StatementCounter()
+    sync_engine = service.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", counter)
+    yield counter
+    event.remove(sync_engine, "before_cursor_execute", counter)
+
+
+async def _seed(raw_conn: asyncpg.Connection, count: int, status: str) -> None:
+    await raw_conn.execute(
+        "INSERT INTO tasks (name, status) SELECT 'demo.pipeline', $1 "
+        "FROM generate_series(1, $2) AS i",
+        status,
+        count,
+    )
+
+
+async def _count(
+    service: CheckMateService, statements: StatementCounter, action: str, size: int, **kw: Any
+) -> int:
+    statements.statements.clear()
+    succeeded, failed = await getattr(service, action)(max_results=size, **kw)
+    assert (len(succeeded), len(failed)) == (size, 0)
+    return len(statements.statements)
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "after"),
+    [("cancel", "CREATED", "CANCELED"), ("invoke", "ERROR", "QUEUED")],
+)
+async def test_statements_do_not_grow_with_the_batch(
+    action: str,
+    status: str,
+    after: str,
+    service: CheckMateService,
+    raw_conn: asyncpg.Connection,
+    statements: StatementCounter,
+) -> None:
+    await _seed(raw_conn, 2_200, status)
+    service.settings.batch_chunk_size = 2_000
+    kw = {"status": S(status), "dry_run": False, "db_transact": True}
+
+    small = await _count(service, statements, action, 200, **kw)
+    large = await _count(service, statements, action, 2_000, **kw)
+
+    # select + (lock + update) for the one chunk each
+    assert small == large == 3
+    assert await raw_conn.fetchval("SELECT count(*) FROM tasks WHERE status = $1", after) == 2_200
+
+
+async def test_statements_grow_with_chunks_only(
+    service: CheckMateService, raw_conn: asyncpg.Connection, statements: StatementCounter
+) -> None:
+    await _seed(raw_conn, 2_000, "CREATED")
+    service.settings.batch_chunk_size = 500
+    real = await _count(
+        service, statements, "cancel", 2_000, status=S.CREATED, dry_run=False, db_transact=False
+    )
+    assert real == 1 + 2 * 4
+    assert all("FOR UPDATE" in s for s in statements.statements[1::2])
+
+
+async def test_dry_run_is_one_read(
+    service: CheckMateService, raw_conn: asyncpg.Connection, statements: StatementCounter
+) -> None:
+    await _seed(raw_conn, 2_000, "CREATED")
+    dry = await _count(service, statements, "cancel", 2_000, status=S.CREATED, dry_run=True)
+    assert dry == 1
+    assert statements.statements[0].lstrip().upper().startswith("SELECT")
+    assert "FOR UPDATE" not in statements.statements[0]
