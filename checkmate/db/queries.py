@@ -12,18 +12,22 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
+    Text,
     all_,
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -222,19 +226,13 @@ async def select_events_after(
 ) -> Sequence[Row[Any]]:
     """Events with id > after_id in id order, with the task fields subscription filters use."""
     query = (
-        select(
-            status_events,
-            tasks.c.name,
-            tasks.c.tags,
-            tasks.c.created_at,
-            tasks.c.cleaned,
-        )
-        .select_from(status_events.outerjoin(tasks, tasks.c.id == status_events.c.task_id))
+        _events_with_task_facts()
         .where(status_events.c.id > after_id)
         .order_by(status_events.c.id)
         .limit(limit)
     )
-    return (await conn.execute(query)).all()
+    rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
+    return rows
 
 
 async def select_last_event_id(conn: AsyncConnection) -> int:
@@ -329,3 +327,68 @@ async def requeue_task(conn: AsyncConnection, task_id: UUID, worker: str) -> boo
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(select(true()))
+
+
+# --- events (the subscription hub's reader and pruner, checkmate/events.py) ---
+
+
+def _events_with_task_facts() -> Select[Any]:
+    """Event rows joined with the task fields subscription filters match on (name, tags, ...)."""
+    return select(
+        status_events,
+        tasks.c.name,
+        tasks.c.tags,
+        tasks.c.created_at,
+        tasks.c.cleaned,
+    ).select_from(status_events.outerjoin(tasks, tasks.c.id == status_events.c.task_id))
+
+
+def _snapshot_text() -> Any:
+    # pg_current_snapshot() is the running statement's own snapshot: the rows and the list of
+    # in-progress transactions it returns describe the same instant.
+    return cast(func.pg_current_snapshot(), Text).label("snapshot")
+
+
+async def select_event_batch(
+    conn: AsyncConnection, after_id: int, missing_ids: Sequence[int], *, limit: int
+) -> tuple[str, Sequence[Row[Any]]]:
+    """One statement: the snapshot it ran in, the events above after_id (at most `limit`) and
+    those of `missing_ids` (ids below after_id not seen yet) that are now visible, in id order."""
+    above = (
+        _events_with_task_facts()
+        .where(status_events.c.id > after_id)
+        .order_by(status_events.c.id)
+        .limit(limit)
+    )
+    late = _events_with_task_facts().where(
+        status_events.c.id == any_(bindparam(None, list(missing_ids), type_=ARRAY(BigInteger)))
+    )
+    rows = union_all(late, above).subquery("e")
+    snapshot = select(_snapshot_text()).subquery("s")
+    query = (
+        select(snapshot.c.snapshot, rows)
+        .select_from(snapshot.outerjoin(rows, true()))
+        .order_by(rows.c.id)
+    )
+    result = (await conn.execute(query)).all()
+    return result[0].snapshot, [row for row in result if row.id is not None]
+
+
+async def select_event_id_tail(conn: AsyncConnection, limit: int) -> tuple[str, list[int]]:
+    """The snapshot and the newest `limit` visible event ids (ascending): where a reader starts."""
+    tail = select(status_events.c.id).order_by(status_events.c.id.desc()).limit(limit).subquery()
+    query = select(_snapshot_text(), select(func.array_agg(tail.c.id)).scalar_subquery())
+    snapshot, ids = (await conn.execute(query)).one()
+    return snapshot, sorted(ids or [])
+
+
+async def delete_events_batch(conn: AsyncConnection, cutoff: datetime, *, limit: int) -> int:
+    """Delete up to `limit` events older than cutoff; short statements keep locks and WAL small."""
+    oldest = (
+        select(status_events.c.id)
+        .where(status_events.c.changed_at < cutoff)
+        .order_by(status_events.c.changed_at)
+        .limit(limit)
+    )
+    query = delete(status_events).where(status_events.c.id.in_(oldest.scalar_subquery()))
+    return (await conn.execute(query)).rowcount
