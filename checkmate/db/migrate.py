@@ -31,3 +31,16 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         # Two processes starting at once must not both run the DDL.
         await connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426818361)")
         await connection.run_sync(_upgrade)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the database back to `revision` ("base" drops everything CheckMate created)."""
+
+    def _downgrade(sync_connection: object) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync_connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426818361)")
+        await connection.run_sync(_downgrade)
