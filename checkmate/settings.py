@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     store_concurrency: int = Field(64, ge=1, description="Store requests in flight per batch.")
     batch_chunk_size: int = Field(5_000, ge=1, description="Rows per batch UPDATE statement.")
 
+    @field_validator("event_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # Like LOCK_TIMEOUT, a plain number means seconds; ISO 8601 durations work too.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @field_validator("task_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
