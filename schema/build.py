@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
 import strawberry
@@ -16,6 +18,20 @@ from schema.resolvers import Mutation, Query, Subscription
 CACHE_SIZE = 512
 
 
+class QueryParserCache(ParserCache):
+    """strawberry's bounded parser cache, except that a document that does not parse is left to
+    strawberry's own parse: raised from this hook, the syntax error would bypass the operation's
+    extensions (no error code) and its result handling."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        yield
+
+
 class CheckMateSchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # ErrorCodes logs what is unexpected, with the request id; user errors are not logged.
@@ -28,7 +44,7 @@ def build_schema() -> CheckMateSchema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
-            lambda: ParserCache(maxsize=CACHE_SIZE),
+            lambda: QueryParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
             ErrorCodes,
         ],

@@ -1,6 +1,7 @@
 """Query, Mutation and Subscription: each resolver calls CheckMateService once and converts."""
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated, Any, cast
 
 import strawberry
@@ -8,10 +9,10 @@ from strawberry import UNSET
 
 from checkmate.actions import BatchAction
 from checkmate.models import StageStatus as Status
+from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
-from schema.metrics import SUBSCRIPTIONS
 from schema.types import (
     BatchOutcome,
     CheckMateTask,
@@ -225,12 +226,11 @@ class Subscription:
         hub = info.context.hub
         if hub is None:
             raise ServiceError("the live feed is not running", code=ServiceError.UNAVAILABLE)
-        SUBSCRIPTIONS.inc()
-        try:
-            async for event in hub.subscribe(model, after):
+        # aclosing: a client that goes away unregisters from the hub at once, not at GC time.
+        events = cast(AsyncGenerator[StatusEvent, None], hub.subscribe(model, after))
+        async with aclosing(events):
+            async for event in events:
                 yield cast(TaskStatusEvent, event)
-        finally:
-            SUBSCRIPTIONS.dec()
 
 
 __all__ = ["Mutation", "Query", "StageStatus", "Subscription"]

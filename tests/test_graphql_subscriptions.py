@@ -1,0 +1,184 @@
+"""taskStatusChanged over a real websocket to a real uvicorn server on loopback, with changes
+committed by a separate raw asyncpg connection; both websocket protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+from checkmate.settings import Settings
+from server import create_app
+from tests.graphql_helpers import insert_tasks
+
+SUBSCRIPTION = """
+subscription Feed($filter: TaskFilter, $after: ID) {
+  taskStatusChanged(filter: $filter, afterEventId: $after) {
+    eventId taskId status previousStatus queue changedAt task { id status }
+  }
+}"""
+TIMEOUT = 15
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class Served:
+    url: str  # websocket URL of /graphql
+    app: Starlette  # in this process, so tests can ask its hub
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Served]:
+    """A uvicorn server on a free loopback port."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Served(f"ws://127.0.0.1:{port}/graphql", app)
+    finally:
+        server.should_exit = True
+        await task
+
+
+class TransportWs:
+    """A graphql-transport-ws client."""
+
+    protocol = "graphql-transport-ws"
+
+    def __init__(self, ws: ClientConnection, app: Starlette) -> None:
+        self.ws = ws
+        self.app = app
+
+    async def receive(self) -> dict[str, Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                message: dict[str, Any] = json.loads(await self.ws.recv())
+                if message["type"] not in {"ping", "pong", "ka"}:
+                    return message
+
+    async def init(self) -> None:
+        await self.ws.send(json.dumps({"type": "connection_init"}))
+        assert (await self.receive())["type"] == "connection_ack"
+
+    async def subscribe(self, variables: dict[str, Any], op_id: str = "1") -> None:
+        payload = {"query": SUBSCRIPTION, "variables": variables}
+        await self.ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
+
+    async def event(self) -> dict[str, Any]:
+        message = await self.receive()
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        event: dict[str, Any] = message["payload"]["data"]["taskStatusChanged"]
+        return event
+
+
+class LegacyWs(TransportWs):
+    """A client of the legacy subscriptions-transport-ws protocol (graphql-ws)."""
+
+    protocol = "graphql-ws"
+
+    async def subscribe(self, variables: dict[str, Any], op_id: str = "1") -> None:
+        payload = {"query": SUBSCRIPTION, "variables": variables}
+        await self.ws.send(json.dumps({"id": op_id, "type": "start", "payload": payload}))
+
+    async def event(self) -> dict[str, Any]:
+        message = await self.receive()
+        assert message["type"] == "data", message
+        event: dict[str, Any] = message["payload"]["data"]["taskStatusChanged"]
+        return event
+
+
+@asynccontextmanager
+async def client(
+    served: Served, kind: type[TransportWs] = TransportWs
+) -> AsyncIterator[TransportWs]:
+    async with connect(served.url, subprotocols=[Subprotocol(kind.protocol)]) as ws:
+        assert ws.subprotocol == kind.protocol
+        feed = kind(ws, served.app)
+        await feed.init()
+        yield feed
+
+
+async def set_status(raw_conn: asyncpg.Connection, task_id: UUID, status: str) -> None:
+    await raw_conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, status)
+
+
+async def subscribed(feed: TransportWs, variables: dict[str, Any]) -> None:
+    """Subscribe and wait until the server has registered the subscriber with the hub."""
+    # The protocol acknowledges nothing before the first event: ask the server's hub.
+    hub = feed.app.state.hub
+    before = hub.subscriber_count
+    await feed.subscribe(variables)
+    await until(lambda: hub.subscriber_count > before)
+
+
+@pytest.mark.parametrize("kind", [TransportWs, LegacyWs], ids=["transport-ws", "legacy-ws"])
+async def test_a_change_committed_elsewhere_reaches_the_subscriber(
+    settings: Settings, raw_conn: asyncpg.Connection, kind: type[TransportWs]
+) -> None:
+    watched, other = await insert_tasks(raw_conn, 2, queues=("gpu", "default"))
+    async with serving(settings) as served, client(served, kind) as feed:
+        await subscribed(feed, {"filter": {"queue": "gpu"}})
+        await set_status(raw_conn, other, "QUEUED")  # filtered out
+        await set_status(raw_conn, watched, "QUEUED")
+        event = await feed.event()
+    assert (event["taskId"], event["status"], event["previousStatus"], event["queue"]) == (
+        str(watched), "QUEUED", "CREATED", "gpu"
+    )
+    assert event["task"] == {"id": str(watched), "status": "QUEUED"}
+    assert int(event["eventId"]) > 0
+
+
+async def test_resuming_with_after_event_id_loses_nothing(
+    settings: Settings, raw_conn: asyncpg.Connection
+) -> None:
+    [task_id] = await insert_tasks(raw_conn, 1)
+    async with serving(settings) as served:
+        async with client(served) as feed:
+            await subscribed(feed, {"filter": {"ids": [str(task_id)]}})
+            await set_status(raw_conn, task_id, "QUEUED")
+            first = await feed.event()
+        # Disconnected: these happen while nobody listens.
+        for status in ("RUNNING", "ERROR", "QUEUED"):
+            await set_status(raw_conn, task_id, status)
+        async with client(served) as feed:
+            await feed.subscribe({"filter": {"ids": [str(task_id)]}, "after": first["eventId"]})
+            missed = [await feed.event() for _ in range(3)]
+            await set_status(raw_conn, task_id, "RUNNING")
+            live = await feed.event()
+    assert [event["status"] for event in missed] == ["RUNNING", "ERROR", "QUEUED"]
+    ids = [int(event["eventId"]) for event in [first, *missed, live]]
+    assert ids == sorted(set(ids))
+    assert live["status"] == "RUNNING"
+
+
+async def test_bad_subscription_arguments_are_bad_user_input(settings: Settings) -> None:
+    async with serving(settings) as served, client(served) as feed:
+        await feed.subscribe({"after": "not-a-number"})
+        message = await feed.receive()
+    assert message["type"] in {"next", "error"}
+    payload = message["payload"]
+    errors = payload["errors"] if message["type"] == "next" else payload
+    assert [error["extensions"]["code"] for error in errors] == ["BAD_USER_INPUT"]
+    assert "afterEventId" in errors[0]["message"]
