@@ -43,7 +43,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -524,25 +524,3 @@ class EventHub:
             except Exception:
                 log.exception("pruning status events failed")
             await asyncio.sleep(self.prune_interval)
-
-
-def parse_event_id(value: str | int | None) -> int | None:
-    """An afterEventId from a client: a non-negative integer (as text or int), or None."""
-    if value is None:
-        return None
-    try:
-        event_id = int(value)
-    except ValueError:
-        raise ValueError(f"afterEventId must be an event id (an integer), got {value!r}") from None
-    if event_id < 0:
-        raise ValueError("afterEventId must not be negative")
-    return event_id
-
-
-__all__: Sequence[str] = (
-    "EventHub",
-    "SubscriberLagging",
-    "TaskFacts",
-    "matches",
-    "parse_event_id",
-)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -14,11 +15,11 @@ import pytest
 
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
-from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches, parse_event_id
+from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
 
-Events = AsyncIterator[StatusEvent]
+Events = AsyncGenerator[StatusEvent, None]
 
 
 @pytest.fixture
@@ -47,7 +48,10 @@ async def set_status(conn: asyncpg.Connection, ids: list[UUID], status: StageSta
 
 
 async def stored_events(conn: asyncpg.Connection, after: int = 0) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM status_events WHERE id > $1 ORDER BY id", after)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM status_events WHERE id > $1 ORDER BY id", after
+    )
+    return rows
 
 
 async def take(events: Events, count: int, seconds: float = 15.0) -> list[StatusEvent]:
@@ -98,7 +102,7 @@ async def open_subscription(
     if catch_up:
         await caught_up(hub)
     before = hub.subscriber_count
-    events = hub.subscribe(task_filter, after)
+    events = cast(Events, hub.subscribe(task_filter, after))  # an async generator: aclose()
     first = asyncio.ensure_future(anext(events))
     for _ in range(500):
         if hub.subscriber_count > before or first.done():
@@ -420,12 +424,3 @@ async def test_prune_deletes_only_events_older_than_the_retention(
     remaining = [row["id"] for row in await stored_events(raw_conn)]
     assert len(remaining) == 5
     assert not set(remaining) & set(old)
-
-
-def test_parse_event_id() -> None:
-    assert parse_event_id("42") == 42
-    assert parse_event_id(None) is None
-    with pytest.raises(ValueError, match="afterEventId"):
-        parse_event_id("abc")
-    with pytest.raises(ValueError, match="negative"):
-        parse_event_id("-1")
