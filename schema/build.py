@@ -11,6 +11,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 
 from schema.errors import ErrorCodes
+from schema.execution import PlainLeavesExecutionContext
 from schema.resolvers import Mutation, Query, Subscription
 
 # Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
@@ -38,11 +39,13 @@ class CheckMateSchema(strawberry.Schema):
         return
 
 
-def build_schema() -> CheckMateSchema:
+def build_schema(*, fast_leaves: bool = True) -> CheckMateSchema:
+    """fast_leaves=False: graphql-core's own completion of every field (tests compare)."""
     return CheckMateSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        execution_context_class=PlainLeavesExecutionContext if fast_leaves else None,
         extensions=[
             lambda: QueryParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),

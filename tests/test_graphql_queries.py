@@ -16,6 +16,8 @@ from sqlalchemy import event
 from checkmate.models import StageMetadata, StageStatus, TaskLock
 from checkmate.settings import Settings
 from checkmate.store import TaskStore, stage_path
+from schema import build_schema, schema
+from schema.context import GraphQLContext
 from tests.graphql_helpers import Api, insert_tasks, running_api
 
 PAGE = """
@@ -289,3 +291,37 @@ async def test_bad_listing_arguments_are_bad_user_input(
     assert fragment in error["message"]
     assert body["data"] is None
 
+
+
+async def test_fast_leaf_completion_answers_exactly_like_graphql_core(
+    api: Api, raw_conn: asyncpg.Connection, store: TaskStore
+) -> None:
+    ids = await insert_tasks(raw_conn, 12, tags=(("a", "b"), ()), statuses=("CREATED", "ERROR"))
+    await store.put_stage(ids[-1], StageMetadata(index=0, name="s", status=StageStatus.ERROR,
+                                                 data={"k": [1, None]}))
+    query = """
+    query Q($skip: Boolean!) {
+      tasks(maxResults: 5) {
+        __typename
+        nodes {
+          __typename id status tags
+          renamed: name name
+          error @skip(if: $skip)
+          ...More
+          metadata { index status data startedAt }
+        }
+      }
+    }
+    fragment More on CheckMateTask { queue createdAt attempts cleaned startedAt }
+    """
+    ordinary = build_schema(fast_leaves=False)
+    for skip in (True, False):
+        context = GraphQLContext(service=api.service, hub=None, request_id="t")
+        fast = await schema.execute(query, {"skip": skip}, context_value=context)
+        context = GraphQLContext(service=api.service, hub=None, request_id="t")
+        slow = await ordinary.execute(query, {"skip": skip}, context_value=context)
+        assert fast.errors is None
+        assert slow.errors is None
+        assert fast.data == slow.data
+        assert fast.data is not None
+        assert ("error" in fast.data["tasks"]["nodes"][0]) is not skip

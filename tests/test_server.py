@@ -164,6 +164,9 @@ async def test_healthz_readyz_and_metrics(api: Api) -> None:
         metrics
     )
     assert "checkmate_event_subscribers" in metrics
+    timing = (await api.client.get("/healthz")).headers["server-timing"]
+    assert timing.startswith("app;dur=")
+    assert float(timing.removeprefix("app;dur=")) >= 0
 
 
 async def test_readyz_reports_an_unreachable_store(
