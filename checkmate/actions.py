@@ -19,6 +19,9 @@ from checkmate.models import (
 )
 from checkmate.tasks import TaskKindError, get_kind
 
+_STATUSES = {status.value: status for status in StageStatus}
+_RESULT_FIELDS = frozenset(CheckMateTaskBatchResult.model_fields)
+
 
 class BatchAction(StrEnum):
     CANCEL = "CANCEL"
@@ -51,7 +54,10 @@ class Candidate:
 
     @classmethod
     def from_row(cls, row: Any) -> Candidate:
-        return cls(row.id, row.name, StageStatus(row.status), row.cleaned, row.updated_at)
+        """From a row of queries.BATCH_COLUMNS (id, name, status, cleaned, created_at,
+        updated_at); unpacked by position because batches build 100,000 of these."""
+        task_id, name, status, cleaned, _created_at, updated_at = row
+        return cls(task_id, name, _STATUSES[status], cleaned, updated_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +95,29 @@ class Decision:
         return Decision(self.task_id, self.previous, self.previous, error=error)
 
     def result(self) -> CheckMateTaskBatchResult:
-        return CheckMateTaskBatchResult.model_construct(
-            task_id=str(self.task_id),
-            status=self.status,
-            previous_status=self.previous,
-            error=self.error,
-            detail=self.detail,
+        """The result model, built without validation or model_construct's per-field work:
+        the values are already of the right types, and a 100,000-task batch builds 100,000
+        of these (model_construct alone cost more than the UPDATE)."""
+        result = _new_object(CheckMateTaskBatchResult)
+        _set_attr(
+            result,
+            "__dict__",
+            {
+                "task_id": str(self.task_id),
+                "status": self.status,
+                "previous_status": self.previous,
+                "error": self.error,
+                "detail": self.detail,
+            },
         )
+        _set_attr(result, "__pydantic_fields_set__", set(_RESULT_FIELDS))
+        _set_attr(result, "__pydantic_extra__", None)
+        _set_attr(result, "__pydantic_private__", None)
+        return result
+
+
+_new_object = object.__new__
+_set_attr = object.__setattr__
 
 
 def not_found(task_id: UUID) -> Decision:
