@@ -147,6 +147,12 @@ async def bench_cancel(server_url: str, rows: int, repeat: int, chunk: int) -> l
     ]
 
 
+def _listing(
+    service: CheckMateService, filters: dict[str, Any], include_metadata: bool
+) -> Callable[[], Awaitable[Any]]:
+    return lambda: service.list(max_results=100, include_metadata=include_metadata, **filters)
+
+
 async def bench_list(server_url: str, rows: int, repeat: int, store_dir: Path) -> list[Row]:
     store_url = store_dir.as_uri()
     await _template(
@@ -166,11 +172,7 @@ async def bench_list(server_url: str, rows: int, repeat: int, store_dir: Path) -
                 if include_metadata and label != "newest first":
                     continue  # only the newest 100 have objects
                 times = [
-                    await _timed(
-                        lambda f=filters, m=include_metadata: service.list(
-                            max_results=100, include_metadata=m, **f
-                        )
-                    )
+                    await _timed(_listing(service, filters, include_metadata))
                     for _ in range(repeat * 5)
                 ]
                 meta = "with" if include_metadata else "without"
