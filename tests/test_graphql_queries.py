@@ -238,7 +238,9 @@ async def test_a_page_costs_one_statement_whatever_its_size_and_selection(
     statements: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        # The app's event hub shares the engine and reads status_events on its own schedule.
+        if "status_events" not in statement:
+            statements.append(statement)
 
     await api.data(PAGE, {"max": 1})  # opens the pool's connection: setup statements run here
     engine = api.service.engine.sync_engine
