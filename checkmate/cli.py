@@ -99,3 +99,7 @@ def worker(
             poll_interval=poll_interval,
         )
     )
+
+
+if __name__ == "__main__":
+    app()
