@@ -451,7 +451,11 @@ class EventHub:
         )
         self._listen_lost.clear()
         conn.add_termination_listener(lambda _conn: self._listen_lost.set())
-        await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+        try:
+            await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
         self._listen_conn = conn
         # Anything committed while no connection listened is read now.
         self._wake.set()

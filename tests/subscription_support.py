@@ -137,8 +137,16 @@ async def subscribe(
     variables: dict[str, Any] | None = None,
     protocol: str = "graphql-transport-ws",
     query: str = SUBSCRIPTION,
+    compress: bool = True,
 ) -> AsyncIterator[Subscription]:
-    async with connect(ws_url, subprotocols=[Subprotocol(protocol)], max_queue=None) as ws:
+    """Subscribe over a new websocket; `compress` offers permessage-deflate as browsers do."""
+    # The server keeps the connection alive (graphql-ws pings); a client ping timing out under
+    # load would close sockets mid-measurement.
+    options: dict[str, Any] = {"compression": None} if not compress else {}
+    async with connect(
+        ws_url, subprotocols=[Subprotocol(protocol)], max_queue=None, ping_interval=None,
+        **options,
+    ) as ws:
         await ws.send(orjson.dumps({"type": "connection_init", "payload": {}}).decode())
         subscription = Subscription(ws, protocol, str(next(_ids)))
         ack = await subscription.next_message()
