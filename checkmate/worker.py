@@ -19,7 +19,7 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -27,9 +27,10 @@ from uuid import UUID
 
 import asyncpg
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkmate.db import queries
-from checkmate.db.engine import asyncpg_dsn
+from checkmate.db.engine import asyncpg_dsn, create_engine
 from checkmate.db.tables import QUEUED_CHANNEL
 from checkmate.models import StageMetadata, StageStatus, TaskLock
 from checkmate.service import CheckMateService
@@ -59,10 +60,34 @@ class Outcome(Enum):
     REQUEUE = "requeue"
 
 
+@dataclass(slots=True)
+class Plan:
+    """What a claimed task will run: its params, its stages and what earlier runs left."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    stages: list[Stage] = field(default_factory=list)
+    previous: dict[int, StageMetadata] = field(default_factory=dict)
+    error: str | None = None
+
+    def done_before(self, index: int) -> StageMetadata | None:
+        """The metadata an earlier run left for stage `index`, if it is the same stage."""
+        before = self.previous.get(index)
+        # A different name means the kind's plan changed since: a different stage.
+        return before if before is not None and before.name == self.stages[index].name else None
+
+    def first_to_run(self) -> str | None:
+        for index, stage in enumerate(self.stages):
+            before = self.done_before(index)
+            if before is None or before.status is not StageStatus.COMPLETED:
+                return stage.name
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     task_id: UUID
     lock: TaskLock
+    plan: Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,45 @@ def _stage_data(result: Any, recorded: dict[str, Any]) -> dict[str, Any] | None:
         data = {"result": result, **recorded}
     # Checked here, inside the stage's try, so unserialisable data fails the stage, not the worker.
     return orjson.loads(orjson.dumps(data)) if data else None
+
+
+class HeldConnections:
+    """Connections the worker keeps open. A pool checkout costs a ping and a reset, more round
+    trips than the one-statement updates a task makes, so each is reused until it fails."""
+
+    def __init__(self, database_url: str, size: int) -> None:
+        self._engine = create_engine(database_url, pool_size=size + 1)
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._idle: list[AsyncConnection] = []
+        self._claim: AsyncConnection | None = None
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection for one statement (its own transaction)."""
+        conn = self._idle.pop() if self._idle else await self._autocommit.connect()
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()  # whatever failed, never reuse a connection in doubt
+            raise
+        self._idle.append(conn)
+
+    @asynccontextmanager
+    async def claim(self) -> AsyncIterator[AsyncConnection]:
+        """The claim loop's connection; the caller opens the transaction."""
+        conn, self._claim = self._claim or await self._engine.connect(), None
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raise
+        self._claim = conn
+
+    async def close(self) -> None:
+        for conn in [*self._idle, *filter(None, [self._claim])]:
+            await conn.close()
+        self._idle, self._claim = [], None
+        await self._engine.dispose()
 
 
 def _is_ours(lock: TaskLock | None, claim: Claim) -> bool:
@@ -115,10 +179,14 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        # Tasks whose stages run; a task that is only recording its outcome no longer counts,
+        # so the next claim overlaps that tail (the claim is most of a short task's cost).
+        self._busy = 0
         # QUEUED tasks found with a lock object: left alone until an operator unlocks them.
         self._skip_until: dict[UUID, float] = {}
         self._listener: Any = None
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="checkmate-stage")
+        self._db = HeldConnections(service.database_url, concurrency)
 
     def stop(self) -> None:
         """Finish the current stages, requeue the rest, return from run()."""
@@ -140,12 +208,16 @@ class Worker:
                 await asyncio.gather(*self._running, return_exceptions=True)
         finally:
             await self._close_listener()
+            await self._db.close()
             self._threads.shutdown(wait=False)
         log.info("worker %s stopped", self.name)
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            # Outcome recording may lag behind by at most `concurrency` tasks.
+            free = min(
+                self.concurrency - self._busy, 2 * self.concurrency - len(self._running)
+            )
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -169,6 +241,7 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     def _spawn(self, claim: Claim) -> None:
+        self._busy += 1
         task = asyncio.create_task(self._execute(claim))
         self._running.add(task)
 
@@ -177,6 +250,10 @@ class Worker:
             self._slot_freed.set()
 
         task.add_done_callback(done)
+
+    def _stages_done(self) -> None:
+        self._busy -= 1
+        self._slot_freed.set()
 
     # --- LISTEN -----------------------------------------------------------------------------
 
@@ -202,27 +279,50 @@ class Worker:
     # --- claim ------------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[Claim]:
-        """Claim up to `limit` tasks in one transaction; their lock objects exist on return."""
+        """Claim up to `limit` tasks in one transaction; their lock objects exist on return.
+
+        The task objects are read inside the transaction too, so that the UPDATE to RUNNING
+        also records the stage each task starts at: one statement less per task.
+        """
         now = time.monotonic()
         self._skip_until = {i: t for i, t in self._skip_until.items() if t > now}
-        created: list[Claim] = []
+        locked: list[tuple[UUID, TaskLock]] = []
         try:
-            async with self.service.engine.begin() as conn:
-                task_ids = await queries.select_claimable(
+            async with self._db.claim() as conn, conn.begin():
+                rows = await queries.select_claimable(
                     conn, self.queues, limit, list(self._skip_until)
                 )
-                if not task_ids:
+                if not rows:
                     return []
-                created = await self._create_locks(task_ids)
-                if created:
-                    await queries.mark_running(conn, [c.task_id for c in created], self.name)
+                # Plans are read alongside the locks; a task left unlocked wastes its read.
+                locked, plans = await asyncio.gather(
+                    self._create_locks([row.id for row in rows]),
+                    asyncio.gather(*(self._plan(row.id, row.stage is not None) for row in rows)),
+                )
+                plan_of = {row.id: plan for row, plan in zip(rows, plans, strict=True)}
+                claims = [Claim(task_id, lock, plan_of[task_id]) for task_id, lock in locked]
+                if claims:
+                    first = {claim.task_id: claim.plan.first_to_run() for claim in claims}
+                    await queries.mark_running(conn, first, self.name)
         except BaseException:
             # The claim did not commit: nobody runs these tasks, so their locks must go.
-            await asyncio.shield(self._delete_locks(created))
+            await asyncio.shield(self._delete_locks([task_id for task_id, _ in locked]))
             raise
-        return created
+        return claims
 
-    async def _create_locks(self, task_ids: Sequence[UUID]) -> list[Claim]:
+    async def _plan(self, task_id: UUID, ran_before: bool) -> Plan:
+        try:
+            task_object = await self.store.get_task(task_id)
+            if task_object is None:
+                return Plan(error="task object missing from the store")
+            stages = get_kind(task_object.name).stages_for(task_object.params)
+            # A task that never reached a stage has no metadata: skip listing the store.
+            previous = await self.store.get_stages(task_id) if ran_before else []
+        except (StoreError, TaskKindError) as error:
+            return Plan(error=str(error))
+        return Plan(task_object.params, stages, {meta.index: meta for meta in previous})
+
+    async def _create_locks(self, task_ids: Sequence[UUID]) -> list[tuple[UUID, TaskLock]]:
         acquired_at = _now()
         lock = TaskLock(
             owner=self.name,
@@ -235,25 +335,28 @@ class Worker:
             *(self.store.create_lock(task_id, lock) for task_id in task_ids),
             return_exceptions=True,
         )
-        claims = []
+        locked = []
         for task_id, created in zip(task_ids, results, strict=True):
             if created is True:
-                claims.append(Claim(task_id, lock))
+                locked.append((task_id, lock))
                 continue
             reason = "a lock object exists" if created is False else f"store error: {created}"
             log.warning("not claiming QUEUED task %s: %s", task_id, reason)
             self._skip_until[task_id] = time.monotonic() + self.lock_timeout
-        return claims
+        return locked
 
-    async def _delete_locks(self, claims: Sequence[Claim]) -> None:
-        await asyncio.gather(*(self.store.delete_lock(claim.task_id) for claim in claims))
+    async def _delete_locks(self, task_ids: Sequence[UUID]) -> None:
+        await asyncio.gather(*(self.store.delete_lock(task_id) for task_id in task_ids))
 
     # --- run a claimed task -----------------------------------------------------------------
 
     async def _execute(self, claim: Claim) -> None:
         try:
-            async with self._heartbeat(claim):
-                result = await self._run_task(claim.task_id)
+            try:
+                async with self._heartbeat(claim):
+                    result = await self._run_task(claim)
+            finally:
+                self._stages_done()
             await self._settle(claim, result)
         except Exception:
             # Database or store gone mid-task: the lock stays and goes stale, as when killed.
@@ -264,7 +367,7 @@ class Worker:
         if result.outcome is Outcome.REQUEUE:
             # Lock first, then QUEUED: a claimer never meets a QUEUED task still locked by us.
             await self._release(claim)
-            async with self.service.engine.begin() as conn:
+            async with self._db.statement() as conn:
                 await queries.requeue_task(conn, task_id, self.name)
             log.info("task %s requeued (worker shutting down)", task_id)
             return
@@ -272,14 +375,16 @@ class Worker:
             status = StageStatus.ERROR
             if result.outcome is Outcome.COMPLETED:
                 status = StageStatus.COMPLETED
-            async with self.service.engine.begin() as conn:
+            async with self._db.statement() as conn:
                 finished = await queries.finish_task(conn, task_id, self.name, status, result.error)
-            if not finished:
-                result = RunResult(Outcome.STOPPED)
-            elif status is StageStatus.ERROR:
-                log.info("task %s failed: %s", task_id, result.error)
-        if result.outcome is Outcome.STOPPED:
-            log.info("task %s stopped: canceled or unlocked while it ran", task_id)
+            if finished:
+                if status is StageStatus.ERROR:
+                    log.info("task %s failed: %s", task_id, result.error)
+                # The record was still ours when it turned terminal, and a terminal task
+                # cannot be queued while our lock exists: the lock is ours, no need to read it.
+                await self.store.delete_lock(task_id)
+                return
+        log.info("task %s stopped: canceled or unlocked while it ran", task_id)
         await self._release(claim)
 
     async def _release(self, claim: Claim) -> None:
@@ -288,37 +393,36 @@ class Worker:
         if _is_ours(await self.store.get_lock(claim.task_id), claim):
             await self.store.delete_lock(claim.task_id)
 
-    async def _run_task(self, task_id: UUID) -> RunResult:
-        try:
-            task_object = await self.store.get_task(task_id)
-            if task_object is None:
-                return RunResult(Outcome.ERROR, "task object missing from the store")
-            stages = get_kind(task_object.name).stages_for(task_object.params)
-        except (StoreError, TaskKindError) as error:
-            return RunResult(Outcome.ERROR, str(error))
-        previous = {meta.index: meta for meta in await self.store.get_stages(task_id)}
+    async def _run_task(self, claim: Claim) -> RunResult:
+        plan = claim.plan
+        if plan.error is not None:
+            return RunResult(Outcome.ERROR, plan.error)
         outputs: dict[str, dict[str, Any]] = {}
-        for index, stage in enumerate(stages):
-            before = previous.get(index)
-            if before is not None and before.name != stage.name:
-                before = None  # the kind's plan changed since: this is a different stage
+        first = True
+        for index, stage in enumerate(plan.stages):
+            before = plan.done_before(index)
             if before is not None and before.status is StageStatus.COMPLETED:
                 outputs[stage.name] = before.data or {}
                 continue
             if self._stopping.is_set():
                 return RunResult(Outcome.REQUEUE)
-            async with self.service.engine.begin() as conn:
-                if not await queries.set_running_stage(conn, task_id, self.name, stage.name):
-                    return RunResult(Outcome.STOPPED)
+            # The claim recorded the first stage; before any later one, re-read the status.
+            if not first and not await self._enter_stage(claim.task_id, stage.name):
+                return RunResult(Outcome.STOPPED)
+            first = False
             attempt = before.attempt + 1 if before is not None else 1
             context = StageContext(
-                task_id, task_object.params, stage.name, index, attempt, outputs=dict(outputs)
+                claim.task_id, plan.params, stage.name, index, attempt, outputs=dict(outputs)
             )
             meta = await self._run_stage(stage, context)
             if meta.status is StageStatus.ERROR:
                 return RunResult(Outcome.ERROR, f"stage {stage.name} failed: {meta.error}")
             outputs[stage.name] = meta.data or {}
         return RunResult(Outcome.COMPLETED)
+
+    async def _enter_stage(self, task_id: UUID, stage: str) -> bool:
+        async with self._db.statement() as conn:
+            return await queries.set_running_stage(conn, task_id, self.name, stage)
 
     async def _run_stage(self, stage: Stage, ctx: StageContext) -> StageMetadata:
         """Run one stage; its metadata object is written when it starts and when it ends."""

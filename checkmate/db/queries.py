@@ -250,27 +250,36 @@ async def delete_events_before(conn: AsyncConnection, cutoff: datetime) -> int:
 
 async def select_claimable(
     conn: AsyncConnection, queues: Sequence[str], limit: int, exclude: Sequence[UUID] = ()
-) -> list[UUID]:
-    """Row-lock up to `limit` of the oldest QUEUED tasks of `queues`, skipping rows other
-    workers hold: concurrent claimers never wait on each other nor take the same task."""
+) -> Sequence[Row[Any]]:
+    """Row-lock up to `limit` of the oldest QUEUED tasks of `queues` (id, stage), skipping rows
+    other workers hold: concurrent claimers never wait on each other nor take the same task."""
     by_queue = (
         tasks.c.queue == queues[0] if len(queues) == 1 else tasks.c.queue.in_(list(queues))
     )
-    query = select(tasks.c.id).where(
+    query: Select[Any] = select(tasks.c.id, tasks.c.stage).where(
         tasks.c.status == StageStatus.QUEUED.value, by_queue
     )
     if exclude:
         query = query.where(tasks.c.id != all_(_uuid_array(exclude)))
     query = query.order_by(tasks.c.created_at).limit(limit).with_for_update(skip_locked=True)
-    return list((await conn.execute(query)).scalars().all())
+    rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
+    return rows
 
 
-async def mark_running(conn: AsyncConnection, ids: Sequence[UUID], worker: str) -> int:
+async def mark_running(
+    conn: AsyncConnection, stages: dict[UUID, str | None], worker: str
+) -> int:
+    """Claimed tasks -> RUNNING, each with the stage it starts at (None keeps the stage)."""
+    claimed = select(
+        func.unnest(_uuid_array(list(stages))).label("id"),
+        func.unnest(bindparam(None, list(stages.values()), type_=ARRAY(Text))).label("stage"),
+    ).subquery("claimed")
     query = (
         update(tasks)
-        .where(_id_in(ids), tasks.c.status == StageStatus.QUEUED.value)
+        .where(tasks.c.id == claimed.c.id, tasks.c.status == StageStatus.QUEUED.value)
         .values(
             status=StageStatus.RUNNING.value,
+            stage=func.coalesce(claimed.c.stage, tasks.c.stage),
             started_at=func.now(),
             finished_at=None,
             error=None,

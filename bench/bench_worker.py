@@ -1,0 +1,271 @@
+"""Worker throughput: no-op 1-stage tasks completed per second, CheckMate vs procrastinate.
+
+    python -m bench.bench_worker [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+                                 [--tasks 2000] [--processes 1,3] [--concurrency 1,8]
+
+Both sides run on the same PostgreSQL server, each in its own fresh database, with the same
+number of worker processes and the same per-process concurrency. Workers are started and idle
+first; then all tasks are queued at once (CheckMate: one `invoke` of CREATED tasks; procrastinate:
+one batch defer) and the clock runs until the last one has completed. CheckMate's tasks are
+`demo.pipeline` with stages=1 (an async no-op stage) and a local-folder store; procrastinate's
+job is an async no-op. Without --database-url an embedded PostgreSQL is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded
+from checkmate.db.migrate import upgrade
+from checkmate.models import TaskObject
+from checkmate.store import TaskStore
+
+REPO = Path(__file__).resolve().parent.parent
+CHECKMATE_DB = "bench_worker_checkmate"
+PROCRASTINATE_DB = "bench_worker_procrastinate"
+
+
+def _url(server_url: str, database: str) -> str:
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+async def _fresh_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _url(server_url, name)
+
+
+async def _wait_for(condition: Callable[[], Awaitable[bool]], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish in time")
+        await asyncio.sleep(0.01)
+
+
+def _start(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# --- CheckMate ------------------------------------------------------------------------------
+
+
+async def _seed_checkmate(url: str, store_url: str, count: int) -> None:
+    """`count` CREATED demo.pipeline tasks with stages=1, records and task objects."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "INSERT INTO tasks (name, created_at) "
+            "SELECT 'demo.pipeline', now() + make_interval(secs => i / 1000.0) "
+            "FROM generate_series(1, $1) AS i RETURNING id, created_at",
+            count,
+        )
+    finally:
+        await conn.close()
+    store = TaskStore.from_url(store_url)
+    created = {row["id"]: row["created_at"] for row in rows}
+
+    async def write(task_id: Any) -> None:
+        await store.put_task(
+            TaskObject(
+                id=task_id,
+                name="demo.pipeline",
+                queue="default",
+                params={"stages": 1, "sleep": 0.0, "fail_at_stage": None},
+                stages=["stage-1"],
+                created_at=created[task_id],
+            )
+        )
+
+    await store.for_each(created, write)
+
+
+async def bench_checkmate(
+    server_url: str, work: Path, tasks: int, processes: int, concurrency: int
+) -> float:
+    url = await _fresh_database(server_url, CHECKMATE_DB)
+    store_url = (work / f"store-{processes}").as_uri()
+    await _seed_checkmate(url, store_url, tasks)
+    env = {
+        **os.environ,
+        "CHECKMATE_DATABASE_URL": url,
+        "CHECKMATE_STORE_URL": store_url,
+        "CHECKMATE_DATA_DIR": str(work),
+    }
+    logs = [work / f"checkmate-{processes}x{concurrency}-{n}.log" for n in range(processes)]
+    command = [sys.executable, "-m", "checkmate.cli", "worker", "--concurrency", str(concurrency)]
+    workers = [_start(command, log, env) for log in logs]
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        async def ready() -> bool:
+            return all("serving queues" in log.read_text() for log in logs)
+
+        await _wait_for(ready, 60)
+        started = time.perf_counter()
+        await conn.execute(
+            "UPDATE tasks SET status = 'QUEUED', attempts = attempts + 1 WHERE status = 'CREATED'"
+        )
+
+        async def done() -> bool:
+            count = await conn.fetchval("SELECT count(*) FROM tasks WHERE status = 'COMPLETED'")
+            return int(count) == tasks
+
+        await _wait_for(done, 600)
+        elapsed = time.perf_counter() - started
+        left = await conn.fetchval("SELECT count(*) FROM tasks WHERE status <> 'COMPLETED'")
+        assert left == 0, f"{left} tasks not COMPLETED"
+    finally:
+        await conn.close()
+        _stop(workers)
+    return tasks / elapsed
+
+
+# --- procrastinate --------------------------------------------------------------------------
+
+
+def procrastinate_app(url: str) -> Any:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=asyncpg_dsn(url)))
+
+    @app.task(name="noop", queue="default")
+    async def noop() -> None:
+        return None
+
+    return app
+
+
+async def _procrastinate_worker(url: str, concurrency: int) -> None:
+    app = procrastinate_app(url)
+    async with app.open_async():
+        print("ready", flush=True)
+        await app.run_worker_async(queues=["default"], concurrency=concurrency)
+
+
+async def bench_procrastinate(
+    server_url: str, work: Path, tasks: int, processes: int, concurrency: int
+) -> float:
+    url = await _fresh_database(server_url, PROCRASTINATE_DB)
+    app = procrastinate_app(url)
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+    logs = [work / f"procrastinate-{processes}x{concurrency}-{n}.log" for n in range(processes)]
+    command = [
+        *(sys.executable, "-m", "bench.bench_worker", "--procrastinate-worker", url),
+        *("--concurrency", str(concurrency)),
+    ]
+    workers = [_start(command, log) for log in logs]
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        async def ready() -> bool:
+            return all("ready" in log.read_text() for log in logs)
+
+        await _wait_for(ready, 60)
+        await asyncio.sleep(1.0)  # the workers' LISTEN is set up just after "ready"
+        async with app.open_async():
+            started = time.perf_counter()
+            await app.tasks["noop"].batch_defer_async(*({} for _ in range(tasks)))
+
+            async def done() -> bool:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+                )
+                return int(count) == tasks
+
+            await _wait_for(done, 600)
+            elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+        _stop(workers)
+    return tasks / elapsed
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+Figures = list[tuple[int, int, float, float]]
+
+
+async def _run(server_url: str, args: argparse.Namespace, work: Path) -> Figures:
+    rows = []
+    for concurrency in args.concurrency:
+        for processes in args.processes:
+            setup = (server_url, work, args.tasks, processes, concurrency)
+            ours = await bench_checkmate(*setup)
+            theirs = await bench_procrastinate(*setup)
+            rows.append((processes, concurrency, ours, theirs))
+    return rows
+
+
+def _ints(value: str) -> list[int]:
+    return [int(part) for part in value.split(",")]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="server to use (default: embedded PostgreSQL)")
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--processes", default=[1, 3], type=_ints)
+    parser.add_argument("--concurrency", default=[1, 8], type=_ints, help="per process")
+    parser.add_argument("--procrastinate-worker", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # procrastinate warns that the bench defines its app in __main__; that is deliberate here.
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)
+    if args.procrastinate_worker:
+        asyncio.run(_procrastinate_worker(args.procrastinate_worker, args.concurrency[0]))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        work = Path(tmp)
+        server_url = args.database_url or start_embedded(work / "pg", database="postgres")
+        rows = asyncio.run(_run(server_url, args, work))
+    server = args.database_url or "embedded PostgreSQL"
+    print(
+        f"\nno-op 1-stage tasks completed per second ({args.tasks} tasks per run, {server}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
+    )
+    print(f"{'processes':>9}  {'concurrency':>11}  {'checkmate':>9}  {'procrastinate':>13}  ratio")
+    for processes, concurrency, ours, theirs in rows:
+        print(
+            f"{processes:>9}  {concurrency:>11}  {ours:>9.0f}  {theirs:>13.0f}  {ours / theirs:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
