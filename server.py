@@ -24,6 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
@@ -31,6 +36,7 @@ from checkmate.events import EventHub
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from schema import schema
+from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
 from schema.metrics import LATENCY, REQUESTS
 
@@ -67,8 +73,56 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
 
 
+def _sink(
+    handler: Any, kind: str, operation_id: str, query: str, variables: Any, operation_name: Any
+) -> Sink:
+    return Sink(
+        broadcast=handler.view.broadcast,
+        websocket=handler.websocket.ws,
+        prefix=frame_prefix(kind, operation_id),
+        query=query,
+        variables=variables,
+        operation_name=operation_name,
+    )
+
+
+class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
+    """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
+
+    async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
+        sink = _sink(
+            self, "next", operation.id, operation.query, operation.variables,
+            operation.operation_name,
+        )
+        sink.is_open = lambda: not operation.completed
+        open_sink(sink)
+        await super().run_operation(operation)
+
+
+class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
+    """graphql-ws (subscriptions-transport-ws), the same way."""
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        open_sink(_sink(self, "data", operation_id, query, variables, operation_name))
+        await super().handle_async_results(operation_id, query, operation_name, variables)
+
+
 class GraphQLRouter(GraphQL[GraphQLContext, None]):
-    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types."""
+    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types;
+    subscription events are rendered once per event for all sockets (schema.broadcast)."""
+
+    graphql_transport_ws_handler_class = TransportWsHandler
+    graphql_ws_handler_class = LegacyWsHandler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.broadcast = Broadcast(self.schema)  # type: ignore[arg-type]
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)

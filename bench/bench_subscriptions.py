@@ -2,7 +2,7 @@
 
     python -m bench.bench_subscriptions [--database-url postgresql://postgres@127.0.0.1/postgres]
         [--subscriptions 1000,10000] [--changes 20] [--interval 1.0] [--clients 4]
-        [--filter all|own-task]
+        [--filter all|own-task] [--server-compression] [--no-compression]
 
 For each subscription count it starts one API server process (uvicorn, `server:create_app`) on
 a loopback port, opens that many real websockets (graphql-transport-ws, one subscription per
@@ -134,7 +134,7 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
         tasks_needed,
     )
     task_ids = [str(row["id"]) for row in rows]
-    server = ServerProcess(url, data_dir)
+    server = ServerProcess(url, data_dir, ws_compression=args.server_compression)
     clients: list[subprocess.Popen[str]] = []
     try:
         server.wait_ready()
@@ -245,6 +245,9 @@ def main() -> None:
     parser.add_argument("--filter", choices=["all", "own-task"], default="all")
     parser.add_argument("--no-compression", action="store_true",
                         help="clients do not offer permessage-deflate")
+    parser.add_argument("--server-compression", action="store_true",
+                        help="the server accepts permessage-deflate (checkmate serve "
+                             "--ws-compression); off by default, as in checkmate serve")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ws-url", help=argparse.SUPPRESS)
     parser.add_argument("--ids-file", help=argparse.SUPPRESS)

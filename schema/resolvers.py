@@ -12,6 +12,7 @@ from checkmate.models import StageStatus as Status
 from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
+from schema.broadcast import current_sink
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
 from schema.types import (
     BatchOutcome,
@@ -229,6 +230,11 @@ class Subscription:
         # aclosing: a client that goes away unregisters from the hub at once, not at GC time.
         events = cast(AsyncGenerator[StatusEvent, None], hub.subscribe(model, after))
         async with aclosing(events):
+            sink = current_sink()
+            if sink is not None:
+                # Over our websockets: rendered once per event for all subscribers, sent here.
+                await sink.broadcast.deliver(info, events, sink)
+                return
             async for event in events:
                 yield cast(TaskStatusEvent, event)
 

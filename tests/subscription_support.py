@@ -37,9 +37,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it."""
+    """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it (websocket
+    compression off unless `ws_compression`)."""
 
-    def __init__(self, database_url: str, data_dir: Path, **env: str) -> None:
+    def __init__(
+        self, database_url: str, data_dir: Path, *, ws_compression: bool = False, **env: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"
@@ -53,7 +56,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--ws-max-queue", "1024"],
+             "--ws-max-queue", "1024",
+             "--ws-per-message-deflate", "true" if ws_compression else "false"],
             cwd=ROOT, env=environment,
         )
 

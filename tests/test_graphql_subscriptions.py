@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 import uvicorn
+from sqlalchemy import event as sa_event
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
@@ -81,8 +82,10 @@ class TransportWs:
         await self.ws.send(json.dumps({"type": "connection_init"}))
         assert (await self.receive())["type"] == "connection_ack"
 
-    async def subscribe(self, variables: dict[str, Any], op_id: str = "1") -> None:
-        payload = {"query": SUBSCRIPTION, "variables": variables}
+    async def subscribe(
+        self, variables: dict[str, Any], op_id: str = "1", query: str = SUBSCRIPTION
+    ) -> None:
+        payload = {"query": query, "variables": variables}
         await self.ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
 
     async def event(self) -> dict[str, Any]:
@@ -98,8 +101,10 @@ class LegacyWs(TransportWs):
 
     protocol = "graphql-ws"
 
-    async def subscribe(self, variables: dict[str, Any], op_id: str = "1") -> None:
-        payload = {"query": SUBSCRIPTION, "variables": variables}
+    async def subscribe(
+        self, variables: dict[str, Any], op_id: str = "1", query: str = SUBSCRIPTION
+    ) -> None:
+        payload = {"query": query, "variables": variables}
         await self.ws.send(json.dumps({"id": op_id, "type": "start", "payload": payload}))
 
     async def event(self) -> dict[str, Any]:
@@ -124,12 +129,14 @@ async def set_status(raw_conn: asyncpg.Connection, task_id: UUID, status: str) -
     await raw_conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, status)
 
 
-async def subscribed(feed: TransportWs, variables: dict[str, Any]) -> None:
+async def subscribed(
+    feed: TransportWs, variables: dict[str, Any], query: str = SUBSCRIPTION
+) -> None:
     """Subscribe and wait until the server has registered the subscriber with the hub."""
     # The protocol acknowledges nothing before the first event: ask the server's hub.
     hub = feed.app.state.hub
     before = hub.subscriber_count
-    await feed.subscribe(variables)
+    await feed.subscribe(variables, query=query)
     await until(lambda: hub.subscriber_count > before)
 
 
@@ -182,3 +189,96 @@ async def test_bad_subscription_arguments_are_bad_user_input(settings: Settings)
     errors = payload["errors"] if message["type"] == "next" else payload
     assert [error["extensions"]["code"] for error in errors] == ["BAD_USER_INPUT"]
     assert "afterEventId" in errors[0]["message"]
+
+
+@asynccontextmanager
+async def task_reads(served: Served) -> AsyncIterator[list[str]]:
+    """SQL statements the server runs meanwhile, except the hub's own status_events reads."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "status_events" not in statement:
+            statements.append(statement)
+
+    engine = served.app.state.service.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_subscribers_with_different_filters_share_one_rendering_of_an_event(
+    settings: Settings, raw_conn: asyncpg.Connection
+) -> None:
+    [task_id] = await insert_tasks(raw_conn, 1, queues=("gpu",))
+    filters: list[dict[str, Any]] = [
+        {}, {"filter": {"queue": "gpu"}}, {"filter": {"ids": [str(task_id)]}},
+    ]
+    async with AsyncExitStack() as stack:
+        served = await stack.enter_async_context(serving(settings))
+        feeds = []
+        for index in range(12):
+            kind = (TransportWs, LegacyWs)[index % 2]
+            feed = await stack.enter_async_context(client(served, kind))
+            await subscribed(feed, filters[index % len(filters)])
+            feeds.append(feed)
+        async with task_reads(served) as statements:
+            await set_status(raw_conn, task_id, "QUEUED")
+            events = [await feed.event() for feed in feeds]
+    assert {json.dumps(event, sort_keys=True) for event in events} == {
+        json.dumps(events[0], sort_keys=True)
+    }
+    assert events[0]["task"] == {"id": str(task_id), "status": "QUEUED"}
+    # Twelve subscribers, one execution of the selection: one read of the task.
+    assert len(statements) == 1, statements
+
+
+async def test_a_variable_used_in_the_selection_keeps_renderings_apart(
+    settings: Settings, raw_conn: asyncpg.Connection
+) -> None:
+    [task_id] = await insert_tasks(raw_conn, 1)
+    query = """
+    subscription Feed($withTask: Boolean!) {
+      taskStatusChanged { eventId task @include(if: $withTask) { id } }
+    }"""
+    async with serving(settings) as served, client(served) as plain, client(served) as full:
+        await subscribed(plain, {"withTask": False}, query)
+        await subscribed(full, {"withTask": True}, query)
+        await set_status(raw_conn, task_id, "QUEUED")
+        without, with_task = await plain.event(), await full.event()
+    assert without["eventId"] == with_task["eventId"]
+    assert "task" not in without
+    assert with_task["task"] == {"id": str(task_id)}
+
+
+@pytest.mark.parametrize("kind", [TransportWs, LegacyWs], ids=["transport-ws", "legacy-ws"])
+async def test_a_lagging_subscriber_gets_its_resume_point_and_others_carry_on(
+    settings: Settings, raw_conn: asyncpg.Connection, kind: type[TransportWs]
+) -> None:
+    ids = await insert_tasks(raw_conn, 20)
+    start = int(await raw_conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))
+    async with serving(settings) as served, client(served, kind) as slow:
+        hub = served.app.state.hub
+        hub.max_queue = 3  # taken by each subscriber when it subscribes
+        await subscribed(slow, {})
+        hub.max_queue = 1_000
+        async with client(served, kind) as steady:
+            await subscribed(steady, {})
+            # One statement: the hub reads its 20 events at once and the slow queue overflows.
+            await raw_conn.execute(
+                "UPDATE tasks SET status = 'QUEUED' WHERE id = ANY($1)", ids
+            )
+            received = [await steady.event() for _ in ids]
+            message = await slow.receive()
+        async with client(served, kind) as resumed:
+            errors = message["payload"]["errors"]
+            [error] = errors
+            after = error["extensions"]["lastEventId"]
+            await resumed.subscribe({"after": after})
+            replayed = [await resumed.event() for _ in ids]
+    assert error["extensions"] == {"code": "SUBSCRIBER_LAGGING", "lastEventId": str(start)}
+    assert f"afterEventId={start}" in error["message"]
+    expected = [str(event_id) for event_id in range(start + 1, start + 21)]
+    assert [event["eventId"] for event in received] == expected
+    assert [event["eventId"] for event in replayed] == expected
