@@ -30,6 +30,7 @@ from checkmate.actions import (
 from checkmate.db import queries
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
+from checkmate.gcpause import gc_paused
 from checkmate.models import (
     CheckMateTask,
     CheckMateTaskBatchResult,
@@ -123,9 +124,17 @@ def _chunks(items: Sequence[E], size: int) -> list[Sequence[E]]:
 
 
 def _split(decisions: Sequence[Decision]) -> BatchResults:
-    succeeded = [decision.result() for decision in decisions if decision.applies]
-    failed = [decision.result() for decision in decisions if not decision.applies]
+    succeeded: builtins.list[CheckMateTaskBatchResult] = []
+    failed: builtins.list[CheckMateTaskBatchResult] = []
+    for decision in decisions:
+        (failed if decision.error is not None else succeeded).append(decision.result())
     return succeeded, failed
+
+
+def _id_order(task_id: UUID) -> int:
+    # PostgreSQL orders uuids bytewise, as their big-endian ints; sorting by the int avoids
+    # UUID.__lt__ (a Python call per comparison: 0.2 s for 100,000 ids).
+    return task_id.int
 
 
 class CheckMateService:
@@ -455,24 +464,43 @@ class CheckMateService:
         force: bool = False,
     ) -> BatchResults:
         selection, limit = self._selection(task_ids, task_filter, filters, max_results)
+        with gc_paused():
+            return await self._run(action, selection, limit, sort, dry_run, db_transact, force)
+
+    async def _run(
+        self,
+        action: BatchAction,
+        selection: TaskFilter,
+        limit: int,
+        sort: SortOrder,
+        dry_run: bool,
+        db_transact: bool,
+        force: bool,
+    ) -> BatchResults:
         async with self._connect() as conn:
             rows = await queries.select_batch_candidates(conn, selection, sort=sort, limit=limit)
-        candidates = [Candidate.from_row(row) for row in rows]
-        missing = await self._unselected(selection, {candidate.id for candidate in candidates})
+        from_row = Candidate.from_row
+        candidates = [from_row(row) for row in rows]
+        missing = await self._unselected(selection, candidates)
         facts = await self._store_facts(action, candidates)
         rules = Rules(datetime.now(UTC), self.settings.lock_timeout, force)
         decide = actions.DECIDE[action]
-        decisions = [decide(task, facts.get(task.id, NO_FACTS), rules) for task in candidates]
+        get_facts = facts.get
+        decisions = [decide(task, get_facts(task.id, NO_FACTS), rules) for task in candidates]
         if not dry_run:
-            decisions = await self._apply(action, decisions, facts, rules, db_transact)
+            plan = _Plan(action, candidates, facts, rules)
+            decisions = await self._apply(plan, decisions, db_transact)
         return _split([*decisions, *missing])
 
     async def _unselected(
-        self, selection: TaskFilter, found: set[UUID]
+        self, selection: TaskFilter, candidates: Sequence[Candidate]
     ) -> builtins.list[Decision]:
         """Requested ids the selection left out: unknown, or excluded by the other filters
         (one more query, only when an id is missing and a filter was given too)."""
-        absent = [task_id for task_id in selection.ids or () if task_id not in found]
+        if selection.ids is None:
+            return []
+        found = {candidate.id for candidate in candidates}
+        absent = [task_id for task_id in selection.ids if task_id not in found]
         existing: dict[UUID, StageStatus] = {}
         if absent and not selection.model_copy(update={"ids": None}).is_empty():
             by_id = TaskFilter(ids=tuple(absent))
@@ -491,6 +519,8 @@ class CheckMateService:
     async def _store_facts(
         self, action: BatchAction, candidates: Sequence[Candidate]
     ) -> dict[UUID, StoreFacts]:
+        if action not in actions.READS_STORE:
+            return {}
         lock_ids = [task.id for task in candidates if actions.needs_lock_read(action, task)]
         object_ids = {
             task.id for task in candidates if actions.needs_task_object_read(action, task)
@@ -524,22 +554,17 @@ class CheckMateService:
         return facts
 
     async def _apply(
-        self,
-        action: BatchAction,
-        decisions: builtins.list[Decision],
-        facts: dict[UUID, StoreFacts],
-        rules: Rules,
-        db_transact: bool,
+        self, plan: _Plan, decisions: builtins.list[Decision], db_transact: bool
     ) -> builtins.list[Decision]:
         """Carry out the applicable decisions; return every decision as it finally stands."""
         final = {decision.task_id: decision for decision in decisions}
-        ids = sorted(decision.task_id for decision in decisions if decision.applies)
+        ids = sorted((d.task_id for d in decisions if d.error is None), key=_id_order)
         chunks = _chunks(ids, self.settings.batch_chunk_size)
         if db_transact:
             try:
                 async with self.engine.begin() as conn:
                     for chunk in chunks:
-                        final.update(await self._apply_chunk(conn, action, chunk, facts, rules))
+                        final.update(await self._apply_chunk(conn, plan, chunk, final))
                     _raise_if_any_failed([final[i] for i in ids])
             except (_ChunkFailed, SQLAlchemyError, OSError) as error:
                 reason = _rollback_reason(error)
@@ -548,58 +573,45 @@ class CheckMateService:
                         final[task_id] = final[task_id].failed(reason)
         else:
             for chunk in chunks:
-                final.update(await self._apply_own_transaction(action, chunk, facts, rules, final))
+                final.update(await self._apply_own_transaction(plan, chunk, final))
         return [final[decision.task_id] for decision in decisions]
 
     async def _apply_own_transaction(
-        self,
-        action: BatchAction,
-        chunk: Sequence[UUID],
-        facts: dict[UUID, StoreFacts],
-        rules: Rules,
-        planned: dict[UUID, Decision],
+        self, plan: _Plan, chunk: Sequence[UUID], planned: dict[UUID, Decision]
     ) -> dict[UUID, Decision]:
         """Commit one chunk; if its transaction fails, retry its tasks one by one so that only
         the task at fault fails (the slow path runs only after an error)."""
         try:
             async with self.engine.begin() as conn:
-                return await self._apply_chunk(conn, action, chunk, facts, rules)
+                return await self._apply_chunk(conn, plan, chunk, planned)
         except (SQLAlchemyError, OSError) as error:
             if len(chunk) == 1:
                 reason = f"database error ({type(error).__name__}); not changed"
                 return {chunk[0]: planned[chunk[0]].failed(reason)}
         outcome: dict[UUID, Decision] = {}
         for task_id in chunk:
-            outcome.update(
-                await self._apply_own_transaction(action, [task_id], facts, rules, planned)
-            )
+            outcome.update(await self._apply_own_transaction(plan, [task_id], planned))
         return outcome
 
     async def _apply_chunk(
         self,
         conn: AsyncConnection,
-        action: BatchAction,
+        plan: _Plan,
         chunk: Sequence[UUID],
-        facts: dict[UUID, StoreFacts],
-        rules: Rules,
+        planned: dict[UUID, Decision],
     ) -> dict[UUID, Decision]:
-        """Lock the chunk's rows, decide again on what is locked, do the store side, then one
-        UPDATE per effect. Store objects go before the record changes (clean's crash window)."""
-        decide = actions.DECIDE[action]
-        locked = [Candidate.from_row(row) for row in await queries.lock_tasks(conn, chunk)]
-        decisions = {
-            task.id: decide(task, facts.get(task.id, NO_FACTS), rules) for task in locked
-        }
-        for task_id in chunk:
-            if task_id not in decisions:  # deleted by hand since it was selected
-                decisions[task_id] = actions.not_found(task_id)
+        """Lock the chunk's rows in id order, decide again on what is locked, do the store side,
+        then one UPDATE per effect. Store objects go before the record changes (clean's crash
+        window). (One statement locking and updating through a CTE was measured slower on
+        PostgreSQL 15 than the two.)"""
+        decisions = plan.redecide(await queries.lock_tasks(conn, chunk), planned, chunk)
         await self._apply_store_effects(decisions)
         by_effect: dict[DbEffect, list[UUID]] = {}
         for decision in decisions.values():
             if decision.applies and decision.db_effect is not None:
                 by_effect.setdefault(decision.db_effect, []).append(decision.task_id)
-        for effect, effect_ids in by_effect.items():
-            await _DB_EFFECTS[effect](conn, effect_ids)
+        for db_effect, effect_ids in by_effect.items():
+            await _DB_EFFECTS[db_effect](conn, effect_ids)
         return decisions
 
     async def _apply_store_effects(self, decisions: dict[UUID, Decision]) -> None:
@@ -633,6 +645,40 @@ class CheckMateService:
             raise ServiceError(
                 "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
             ) from error
+
+
+class _Plan:
+    """What a real run decided on: the action, the selected records, store facts, rules."""
+
+    def __init__(
+        self,
+        action: BatchAction,
+        candidates: Sequence[Candidate],
+        facts: dict[UUID, StoreFacts],
+        rules: Rules,
+    ) -> None:
+        self.action = action
+        self.candidates = {candidate.id: candidate for candidate in candidates}
+        self.facts = facts
+        self.rules = rules
+
+    def redecide(
+        self, locked_rows: Sequence[Any], planned: dict[UUID, Decision], chunk: Sequence[UUID]
+    ) -> dict[UUID, Decision]:
+        """Decisions on the row-locked records; a record unchanged since it was selected keeps
+        its planned decision (the rules are pure), so only changed ones are decided again."""
+        decide = actions.DECIDE[self.action]
+        decisions: dict[UUID, Decision] = {}
+        for row in locked_rows:
+            task = Candidate.from_row(row)
+            if task == self.candidates.get(task.id):
+                decisions[task.id] = planned[task.id]
+            else:
+                decisions[task.id] = decide(task, self.facts.get(task.id, NO_FACTS), self.rules)
+        for task_id in chunk:
+            if task_id not in decisions:  # deleted by hand since it was selected
+                decisions[task_id] = actions.not_found(task_id)
+        return decisions
 
 
 class _ChunkFailed(Exception):

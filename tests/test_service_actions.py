@@ -132,6 +132,16 @@ CASES = [
         "invoke-running", "invoke", TaskSpec(S.RUNNING, lock="fresh"), False, S.RUNNING, "RUNNING"
     ),
     Case("invoke-completed", "invoke", TaskSpec(S.COMPLETED), False, S.COMPLETED, "COMPLETED"),
+    # A record whose objects are gone (e.g. a db_transact clean deleted them, then rolled back):
+    # a worker could not load it, so invoke refuses and says what to do.
+    Case(
+        "invoke-error-object-missing", "invoke", TaskSpec(S.ERROR, task_object="missing"),
+        False, S.ERROR, "task object missing from the store; clean it",
+    ),
+    Case(
+        "invoke-canceled-object-corrupt", "invoke",
+        TaskSpec(S.CANCELED, task_object="corrupt"), False, S.CANCELED, "unreadable",
+    ),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -12,6 +13,8 @@ from sqlalchemy import event
 
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
+from checkmate.store import TaskStore
+from tests.core_helpers import TaskSpec, write_objects
 
 S = StageStatus
 
@@ -33,13 +36,24 @@ def statements(service: CheckMateService) -> Iterator[StatementCounter]:
     event.remove(sync_engine, "before_cursor_execute", counter)
 
 
-async def _seed(raw_conn: asyncpg.Connection, count: int, status: str) -> None:
-    await raw_conn.execute(
+async def _seed(
+    raw_conn: asyncpg.Connection, count: int, status: str, store: TaskStore | None = None
+) -> None:
+    """`count` records; with `store`, each with its task object (invoke checks for it)."""
+    rows = await raw_conn.fetch(
         "INSERT INTO tasks (name, status) SELECT 'demo.pipeline', $1 "
-        "FROM generate_series(1, $2) AS i",
+        "FROM generate_series(1, $2) AS i RETURNING id",
         status,
         count,
     )
+    if store is not None:
+        spec = TaskSpec(S(status), stages=0)
+
+        async def write(task_id: UUID) -> None:
+            await write_objects(store, task_id, spec)
+
+        results = await store.for_each([row["id"] for row in rows], write)
+        assert not [error for error in results.values() if isinstance(error, BaseException)]
 
 
 async def _count(
@@ -63,7 +77,7 @@ async def test_statements_do_not_grow_with_the_batch(
     raw_conn: asyncpg.Connection,
     statements: StatementCounter,
 ) -> None:
-    await _seed(raw_conn, 2_200, status)
+    await _seed(raw_conn, 2_200, status, service.store if action == "invoke" else None)
     service.settings.batch_chunk_size = 2_000
     kw = {"status": S(status), "dry_run": False, "db_transact": True}
 
