@@ -19,13 +19,29 @@ every id at or below it was dispatched or is known never to exist. Rows above a 
 until the hole resolves, so every subscriber sees strictly increasing ids and `afterEventId` is
 an exact cursor on any server process: a client that saw id N has seen every event below N.
 
-A hole resolves by transaction visibility, not by a timer. Each read is one statement that also
-returns pg_current_snapshot(), the snapshot its rows come from. The trigger writes the task row
-(which assigns the transaction an xid) before it draws an event id, so the transaction that took
-a missing id is either in that snapshot's in-progress list or already aborted. Those xids are the
-hole's candidates; once a later read's snapshot shows none of them still running and the id is
-still absent, it was rolled back and the cursor moves past it. Commits wake the reader by NOTIFY;
-rollbacks do not, so while holes are open the reader also polls every `gap_poll` seconds.
+A hole resolves by transaction visibility, not by a timer. Each read is one statement that
+returns pg_current_snapshot() S, the snapshot its rows come from, and pg_current_xact_id() X, an
+xid the reading transaction takes while the statement runs, so after S was taken. Say id h is
+missing below a visible id b. The writer T of h drew h before the writer of b drew b, and that
+one committed before S; the trigger writes the task row (which gives T its xid) before it draws
+an event id. So T had its xid before S, hence xid(T) < X, and T was still running at S (it
+is absent, and had it committed before S, h would be visible), or T had already rolled back. It
+was not already finished before S.xmin. So xid(T) is in [S.xmin, X], the hole's candidate range.
+A later read whose snapshot S2 shows every xid of that range ended (X < S2.xmax and none of
+S2's in-progress xids in the range) and still lacks h proves T rolled back: the cursor moves on.
+(A hole never resolves in the read that found it: X is not yet ended in S.)
+
+The range is not S's in-progress list (xip). A snapshot lists there only the running xids
+below its xmax, which is latestCompletedXid + 1; a running transaction with a newer xid is in
+no list at all. That is the common case of short concurrent writers: A takes xid 100, B takes
+xid 101 and draws id 7, A draws 8 and commits. A snapshot now has xmax 101 and an empty xip,
+though B is running. Treating the xip as the candidates therefore skipped holes whose
+transactions then committed: those events were never delivered (the bug this design fixes).
+X bounds the newer xids without knowing them, and costs one xid per read.
+
+Commits wake the reader by NOTIFY; rollbacks do not, so while holes are open the reader polls:
+soon after a read that found new holes (their writers are usually finished by then), then
+every `gap_poll` seconds.
 
 Only a transaction kept open for longer than `max_hold` (a forgotten psql session) would stall
 the feed; past that its hole is skipped and watched as "overdue", and if it commits later its
@@ -69,6 +85,9 @@ LISTEN_APPLICATION_NAME = "checkmate-listen"
 # for; an id drawn by a transaction that has been open for longer than that is not.
 _START_LOOKBACK = 10_000
 _BACKFILL_PAGE = 1_000
+# A read after the one that found a hole proves it rolled back if its writer has ended: most
+# are short transactions, so that read comes soon rather than after `gap_poll`.
+_CONFIRM_DELAY = 0.02
 
 
 class SubscriberLagging(Exception):
@@ -123,16 +142,39 @@ def _from_row(row: Any) -> tuple[StatusEvent, TaskFacts]:
     return event, facts
 
 
-def _running_xids(snapshot: str) -> frozenset[int]:
-    """The in-progress transactions of a pg_snapshot's text form 'xmin:xmax:xip,xip,...'."""
-    xip = snapshot.split(":")[2]
-    return frozenset(int(xid) for xid in xip.split(",") if xid)
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Hole:
-    candidates: frozenset[int]  # transactions running when the hole was first seen
+    """A missing id whose writer's xid is in [low, high]: see "How the reader ..." above."""
+
+    low: int  # xmin of the snapshot of the read that found it
+    high: int  # the xid that read drew after its snapshot
     seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """A pg_snapshot, from its text form 'xmin:xmax:xip,xip,...'."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> _Snapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(xid) for xid in xip.split(",") if xid))
+
+    def all_ended(self, low: int, high: int) -> bool:
+        """Every transaction with an xid in [low, high] had ended when this snapshot was taken.
+
+        Xids at or above xmax count as running though xip does not list them."""
+        return high < self.xmax and not any(low <= xid <= high for xid in self.xip)
+
+
+def _missing(ids: list[int]) -> list[int]:
+    """The ids absent between the first and last of `ids` (ascending)."""
+    present = set(ids)
+    return [i for i in range(ids[0], ids[-1]) if i not in present] if ids else []
 
 
 class _Subscriber:
@@ -211,6 +253,7 @@ class EventHub:
         self._held: dict[int, tuple[StatusEvent, TaskFacts]] = {}
         self._holes: dict[int, _Hole] = {}
         self._overdue: dict[int, _Hole] = {}
+        self._new_holes = False
         self._groups: dict[TaskFilter, set[_Subscriber]] = {}
         self._by_task: dict[UUID, set[TaskFilter]] = {}
         self._unindexed: set[TaskFilter] = set()
@@ -358,29 +401,32 @@ class EventHub:
     # --- the reader ----------------------------------------------------------------------
 
     async def _place_cursor(self) -> None:
-        """Start at the newest event, or below the oldest hole a running transaction may fill."""
+        """Start at the newest event, or below the oldest hole that may fill or has filled."""
         async with self.service.engine.connect() as conn:
-            snapshot, ids = await queries.select_event_id_tail(conn, _START_LOOKBACK)
-        newest = ids[-1] if ids else 0
-        cursor = newest
-        if _running_xids(snapshot) and ids:
-            present = set(ids)
-            holes = [i for i in range(ids[0], newest) if i not in present]
-            cursor = holes[0] - 1 if holes else newest
-        # Rows between the cursor and `newest` were committed before start; re-reading them
-        # turns the holes among them into tracked holes with this process's candidates.
-        self.delivered = self._read_upto = cursor
+            snapshot, xid, ids = await queries.select_event_id_tail(conn, _START_LOOKBACK)
+        holes = _missing(ids)
+        if holes:
+            # A second snapshot, once the first read's xid ended: if every writer that could
+            # hold a hole has ended, only the holes filled meanwhile are not rolled back.
+            async with self.service.engine.connect() as conn:
+                later, _, filled = await queries.select_event_batch(conn, ids[-1], holes, limit=0)
+            if _Snapshot.parse(later).all_ended(_Snapshot.parse(snapshot).xmin, xid):
+                holes = [row.id for row in filled]
+        # Rows between the cursor and the newest were committed before start; re-reading them
+        # turns the holes among them into tracked holes.
+        self.delivered = self._read_upto = holes[0] - 1 if holes else (ids[-1] if ids else 0)
 
     async def read_once(self) -> bool:
         """Read new rows once, resolve holes, dispatch what is in order. True if more remain."""
         asked = sorted({*self._holes, *self._overdue})
         async with self.service.engine.connect() as conn:
-            snapshot, rows = await queries.select_event_batch(
+            text, xid, rows = await queries.select_event_batch(
                 conn, self._read_upto, asked, limit=self.batch_size
             )
         EVENTS_READ.inc(len(rows))
-        running = _running_xids(snapshot)
+        snapshot = _Snapshot.parse(text)
         now = time.monotonic()
+        found = _Hole(snapshot.xmin, xid, now)
         late: list[tuple[StatusEvent, TaskFacts]] = []
         above = 0
         newest = self._read_upto
@@ -395,17 +441,28 @@ class EventHub:
             else:
                 above += 1
                 for missing in range(newest + 1, row.id):
-                    self._holes[missing] = _Hole(running, now)
+                    self._holes[missing] = found
+                    self._new_holes = True
                 newest = row.id
                 self._held[row.id] = _from_row(row)
         self._read_upto = newest
-        for holes in (self._holes, self._overdue):
-            for hole_id in [i for i, hole in holes.items() if not hole.candidates & running]:
-                del holes[hole_id]
+        self._resolve(snapshot)
         if late:
             self._fan_out(late, late=True)
         self._fan_out(self._release(now), late=False)
         return above >= self.batch_size
+
+    def _resolve(self, snapshot: _Snapshot) -> None:
+        """Forget the holes (and overdue ids) whose writers all ended in `snapshot`: the rows
+        read with it lack them, so they were rolled back."""
+        ended: dict[_Hole, bool] = {}  # holes found by one read share one _Hole
+        for holes in (self._holes, self._overdue):
+            for hole_id, hole in list(holes.items()):
+                verdict = ended.get(hole)
+                if verdict is None:
+                    verdict = ended[hole] = snapshot.all_ended(hole.low, hole.high)
+                if verdict:
+                    del holes[hole_id]
 
     def _release(self, now: float) -> list[tuple[StatusEvent, TaskFacts]]:
         """Advance the cursor over held rows and resolved holes, up to the first open hole."""
@@ -427,8 +484,12 @@ class EventHub:
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            waiting_on_holes = bool(self._holes or self._overdue)
-            timeout = self.gap_poll if waiting_on_holes else self.keepalive
+            timeout = self.keepalive
+            if self._new_holes:
+                timeout = min(self.gap_poll, _CONFIRM_DELAY)
+            elif self._holes or self._overdue:
+                timeout = self.gap_poll
+            self._new_holes = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -424,3 +425,117 @@ async def test_prune_deletes_only_events_older_than_the_retention(
     remaining = [row["id"] for row in await stored_events(raw_conn)]
     assert len(remaining) == 5
     assert not set(remaining) & set(old)
+
+
+# --- holes whose transaction took its xid after the snapshot's xmax -----------------------
+# A snapshot lists in xip only the running transactions with xids below its xmax
+# (latestCompletedXid + 1); a running transaction with a newer xid is in no list at all. When
+# such a transaction holds the lower event id of a pair, its hole must not pass for rolled back.
+
+
+async def _xid(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+
+
+async def test_a_hole_held_by_a_newer_xid_than_the_last_commit_is_not_skipped(
+    hub: EventHub, raw_conn: asyncpg.Connection, database_url: str
+) -> None:
+    first_task, second_task = await new_tasks(raw_conn, 2)
+    events, first = await open_subscription(hub)
+    older = await asyncpg.connect(asyncpg_dsn(database_url))
+    newer = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        older_tx, newer_tx = older.transaction(), newer.transaction()
+        await older_tx.start()
+        await newer_tx.start()
+        older_xid = await _xid(older)
+        await set_status(newer, [first_task], StageStatus.QUEUED)  # newer xid, lower event id
+        assert await _xid(newer) > older_xid
+        await set_status(older, [second_task], StageStatus.QUEUED)  # older xid, higher id
+        await older_tx.commit()  # the newest commit is now the OLDER xid: `newer` >= xmax
+        newest = (await stored_events(raw_conn))[-1]["id"]
+        for _ in range(500):
+            if hub._read_upto >= newest:
+                break
+            await asyncio.sleep(0.01)
+        assert hub._read_upto >= newest, "the reader never saw the committed event"
+        await asyncio.sleep(3 * hub.gap_poll)  # several reads while `newer` is still open
+        assert not first.done(), "an event above an open transaction's id was not held back"
+        assert hub.delivered < newest
+        await newer_tx.commit()
+    finally:
+        await older.close()
+        await newer.close()
+    received = await collect(events, first, 2)
+    assert [e.task_id for e in received] == [first_task, second_task]
+    assert await nothing_more(events)
+    await events.aclose()
+
+
+async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
+    service: CheckMateService, raw_conn: asyncpg.Connection, database_url: str
+) -> None:
+    first_task, second_task = await new_tasks(raw_conn, 2)
+    older = await asyncpg.connect(asyncpg_dsn(database_url))
+    newer = await asyncpg.connect(asyncpg_dsn(database_url))
+    hub = EventHub(service, keepalive=60)
+    try:
+        older_tx, newer_tx = older.transaction(), newer.transaction()
+        await older_tx.start()
+        await newer_tx.start()
+        await _xid(older)
+        await set_status(newer, [first_task], StageStatus.QUEUED)
+        await set_status(older, [second_task], StageStatus.QUEUED)
+        await older_tx.commit()  # newest id at start; its hole's xid is above xmax
+        await hub.start()
+        await asyncio.sleep(0.3)  # let the first reads run before subscribing
+        events, first = await open_subscription(hub, catch_up=False)
+        await newer_tx.commit()
+        received = await collect(events, first, 1)
+        assert received[0].task_id == first_task
+        await events.aclose()
+    finally:
+        await older.close()
+        await newer.close()
+        await hub.stop()
+
+
+async def _short_transactions(database_url: str, ids: list[UUID], seed: int) -> None:
+    """One writer: per task a short transaction that may take its xid early, sleeps between
+    the xid, the event id and the commit, and sometimes rolls back (a hole that never fills)."""
+    rng = random.Random(seed)
+    statuses = [StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.CANCELED]
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for round_, task_id in enumerate(ids * 3):
+            transaction = conn.transaction()
+            await transaction.start()
+            if rng.random() < 0.5:
+                await conn.execute("SELECT pg_current_xact_id(), pg_sleep($1)", rng.random() / 200)
+            await set_status(conn, [task_id], statuses[round_ % 3])
+            await conn.execute("SELECT pg_sleep($1)", rng.random() / 200)
+            if rng.random() < 0.1:
+                await transaction.rollback()
+            else:
+                await transaction.commit()
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_many_writers_committing_short_transactions_out_of_order_lose_nothing(
+    hub: EventHub, raw_conn: asyncpg.Connection, database_url: str
+) -> None:
+    writers, per_writer_tasks = 12, 20  # 12 * 20 * 3 = 720 transactions, ~10% rolled back
+    groups = [await new_tasks(raw_conn, per_writer_tasks) for _ in range(writers)]
+    start = (await stored_events(raw_conn))[-1]["id"]
+    events, first = await open_subscription(hub, after=start)
+    await asyncio.gather(
+        *(_short_transactions(database_url, ids, seed) for seed, ids in enumerate(groups))
+    )
+    stored = await stored_events(raw_conn, start)
+    assert 550 < len(stored) < 720
+    received = await collect(events, first, len(stored))
+    assert [as_tuple(e) for e in received] == [record_tuple(row) for row in stored]
+    assert await nothing_more(events)
+    await events.aclose()

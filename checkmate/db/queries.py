@@ -351,17 +351,23 @@ def _events_with_task_facts() -> Select[Any]:
     ).select_from(status_events.outerjoin(tasks, tasks.c.id == status_events.c.task_id))
 
 
-def _snapshot_text() -> Any:
-    # pg_current_snapshot() is the running statement's own snapshot: the rows and the list of
-    # in-progress transactions it returns describe the same instant.
-    return cast(func.pg_current_snapshot(), Text).label("snapshot")
+def _snapshot_and_xid() -> tuple[Any, Any]:
+    # pg_current_snapshot() is the running statement's own snapshot, taken before it executes:
+    # the rows and the in-progress list it returns describe the same instant.
+    # pg_current_xact_id() gives the reading transaction an xid while the statement executes,
+    # so it is newer than every xid assigned before that snapshot (events.py bounds holes by it).
+    return (
+        cast(func.pg_current_snapshot(), Text).label("snapshot"),
+        cast(func.pg_current_xact_id(), Text).label("xid"),
+    )
 
 
 async def select_event_batch(
     conn: AsyncConnection, after_id: int, missing_ids: Sequence[int], *, limit: int
-) -> tuple[str, Sequence[Row[Any]]]:
-    """One statement: the snapshot it ran in, the events above after_id (at most `limit`) and
-    those of `missing_ids` (ids below after_id not seen yet) that are now visible, in id order."""
+) -> tuple[str, int, Sequence[Row[Any]]]:
+    """One statement: the snapshot it ran in, an xid drawn after it, the events above after_id
+    (at most `limit`) and those of `missing_ids` (ids below after_id not seen yet) that are now
+    visible, in id order."""
     above = (
         _events_with_task_facts()
         .where(status_events.c.id > after_id)
@@ -372,22 +378,24 @@ async def select_event_batch(
         status_events.c.id == any_(bindparam(None, list(missing_ids), type_=ARRAY(BigInteger)))
     )
     rows = union_all(late, above).subquery("e")
-    snapshot = select(_snapshot_text()).subquery("s")
+    snapshot = select(*_snapshot_and_xid()).subquery("s")
     query = (
-        select(snapshot.c.snapshot, rows)
+        select(snapshot.c.snapshot, snapshot.c.xid, rows)
         .select_from(snapshot.outerjoin(rows, true()))
         .order_by(rows.c.id)
     )
     result = (await conn.execute(query)).all()
-    return result[0].snapshot, [row for row in result if row.id is not None]
+    head = result[0]
+    return head.snapshot, int(head.xid), [row for row in result if row.id is not None]
 
 
-async def select_event_id_tail(conn: AsyncConnection, limit: int) -> tuple[str, list[int]]:
-    """The snapshot and the newest `limit` visible event ids (ascending): where a reader starts."""
+async def select_event_id_tail(conn: AsyncConnection, limit: int) -> tuple[str, int, list[int]]:
+    """The snapshot, an xid drawn after it and the newest `limit` visible event ids (ascending):
+    where a reader starts."""
     tail = select(status_events.c.id).order_by(status_events.c.id.desc()).limit(limit).subquery()
-    query = select(_snapshot_text(), select(func.array_agg(tail.c.id)).scalar_subquery())
-    snapshot, ids = (await conn.execute(query)).one()
-    return snapshot, sorted(ids or [])
+    query = select(*_snapshot_and_xid(), select(func.array_agg(tail.c.id)).scalar_subquery())
+    snapshot, xid, ids = (await conn.execute(query)).one()
+    return snapshot, int(xid), sorted(ids or [])
 
 
 async def delete_events_batch(conn: AsyncConnection, cutoff: datetime, *, limit: int) -> int:
