@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -45,7 +45,7 @@ from checkmate.models import (
     trusted,
 )
 from checkmate.settings import Settings, get_settings
-from checkmate.store import StoreError, TaskStore
+from checkmate.store import StoreError, TaskParts, TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ class TaskObjects:
     @property
     def lock_detected(self) -> bool:
         return self.lock is not None
+
+
+ObjectPart = Literal["params", "metadata", "lock"]
+OBJECT_PARTS: frozenset[ObjectPart] = frozenset(("params", "metadata", "lock"))
 
 
 def parse_task_id(value: str | UUID) -> UUID:
@@ -311,20 +315,28 @@ class CheckMateService:
         return task
 
     async def read_objects(
-        self, task_ids: Sequence[UUID]
+        self, task_ids: Sequence[UUID], parts: Collection[ObjectPart] = OBJECT_PARTS
     ) -> dict[UUID, TaskObjects | BaseException]:
-        """Store objects of many tasks, read concurrently; a failed read is returned, not raised."""
-        return await self.store.for_each(task_ids, self._read_task_objects)
-
-    async def _read_task_objects(self, task_id: UUID) -> TaskObjects:
-        task_object, metadata, lock = await asyncio.gather(
-            self.store.get_task(task_id),
-            self.store.get_stages(task_id),
-            self.store.get_lock(task_id),
+        """Store objects of many tasks, read concurrently; a failed read is returned, not raised.
+        Only the `parts` asked for are read (each costs store requests: params the task object,
+        metadata a listing and one read per stage, lock one read); the others come back empty
+        (params None, metadata [], lock None)."""
+        found = await self.store.read_many(
+            task_ids, task="params" in parts, stages="metadata" in parts, lock="lock" in parts
         )
-        if lock is not None:
-            lock.stale = lock.is_stale(datetime.now(UTC), self.settings.lock_timeout)
-        return TaskObjects(task_object.params if task_object else None, metadata, lock)
+        now = datetime.now(UTC)
+        objects: dict[UUID, TaskObjects | BaseException] = {}
+        for task_id, result in found.items():
+            if isinstance(result, BaseException):
+                objects[task_id] = result
+                continue
+            task_object, metadata, lock = result
+            if lock is not None:
+                lock.stale = lock.is_stale(now, self.settings.lock_timeout)
+            objects[task_id] = TaskObjects(
+                task_object.params if task_object else None, metadata, lock
+            )
+        return objects
 
     async def _attach_objects(self, tasks: Sequence[CheckMateTask]) -> None:
         objects = await self.read_objects([task.id for task in tasks])
@@ -561,36 +573,15 @@ class CheckMateService:
         if action not in actions.READS_STORE:
             return {}
         lock_ids = [task.id for task in candidates if actions.needs_lock_read(action, task)]
-        object_ids = {
+        object_ids = [
             task.id for task in candidates if actions.needs_task_object_read(action, task)
-        }
+        ]
         if not lock_ids:
             return {}
-
-        async def read(task_id: UUID) -> StoreFacts:
-            lock: TaskLock | None = None
-            lock_error = None
-            try:
-                lock = await self.store.get_lock(task_id)
-            except StoreError as error:
-                lock_error = str(error)
-            missing, object_error = False, None
-            if task_id in object_ids:
-                try:
-                    missing = await self.store.get_task(task_id) is None
-                except StoreError as error:
-                    object_error = str(error)
-            return StoreFacts(lock, lock_error, missing, object_error)
-
-        results = await self.store.for_each(lock_ids, read)
-        facts: dict[UUID, StoreFacts] = {}
-        for task_id, result in results.items():
-            if isinstance(result, BaseException):
-                # The store did not answer: treat the task as locked so that nothing acts on it.
-                facts[task_id] = StoreFacts(lock_error=f"store unreachable: {result}")
-            else:
-                facts[task_id] = result
-        return facts
+        # Two passes, so that a corrupt lock and a corrupt task object stay told apart.
+        locks = await self.store.read_many(lock_ids, task=False, stages=False, lock=True)
+        objects = await self.store.read_many(object_ids, task=True, stages=False, lock=False)
+        return {task_id: _facts(locks[task_id], objects.get(task_id)) for task_id in lock_ids}
 
     async def _apply(
         self, plan: _Plan, decisions: builtins.list[Decision], db_transact: bool
@@ -684,6 +675,27 @@ class CheckMateService:
             raise ServiceError(
                 "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
             ) from error
+
+
+def _facts(
+    lock_read: TaskParts | BaseException, object_read: TaskParts | BaseException | None
+) -> StoreFacts:
+    """StoreFacts from read_many's answers (object_read None: the task object was not read)."""
+    for read in (lock_read, object_read):
+        if isinstance(read, BaseException) and not isinstance(read, StoreError):
+            # The store did not answer: treat the task as locked so that nothing acts on it.
+            return StoreFacts(lock_error=f"store unreachable: {read}")
+    lock, lock_error = None, None
+    if isinstance(lock_read, StoreError):
+        lock_error = str(lock_read)
+    elif isinstance(lock_read, tuple):
+        lock = lock_read[2]
+    missing, object_error = False, None
+    if isinstance(object_read, StoreError):
+        object_error = str(object_read)
+    elif isinstance(object_read, tuple):
+        missing = object_read[0] is None
+    return StoreFacts(lock, lock_error, missing, object_error)
 
 
 class _Plan:

@@ -10,7 +10,7 @@ from uuid import UUID
 from strawberry.dataloader import DataLoader
 
 from checkmate.models import CheckMateTask, TaskFilter
-from checkmate.service import ServiceError, TaskObjects
+from checkmate.service import OBJECT_PARTS, ObjectPart, ServiceError, TaskObjects
 
 if TYPE_CHECKING:
     from checkmate.service import CheckMateService
@@ -18,19 +18,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+ObjectKey = tuple[UUID, ObjectPart]
+
+
 class Loaders:
-    """`objects`: store objects (params, metadata, lock) of tasks; `tasks`: task records by id."""
+    """`objects`: store objects of tasks, keyed by (task id, part: params, metadata or lock) so
+    that a page reads only the parts its selection uses; `tasks`: task records by id."""
 
     def __init__(self, service: CheckMateService, *, cache: bool = True) -> None:
         self._service = service
-        self.objects: DataLoader[UUID, TaskObjects] = DataLoader(self._load_objects, cache=cache)
+        self.objects: DataLoader[ObjectKey, TaskObjects] = DataLoader(
+            self._load_objects, cache=cache
+        )
         self.tasks: DataLoader[UUID, CheckMateTask | None] = DataLoader(
             self._load_tasks, cache=cache
         )
 
-    async def _load_objects(self, task_ids: list[UUID]) -> Sequence[TaskObjects | BaseException]:
-        found = await self._service.read_objects(task_ids)
-        return [_objects_or_error(task_id, found[task_id]) for task_id in task_ids]
+    def prime_objects(self, task_id: UUID, objects: TaskObjects) -> None:
+        for part in OBJECT_PARTS:
+            self.objects.prime((task_id, part), objects)
+
+    async def _load_objects(self, keys: list[ObjectKey]) -> Sequence[TaskObjects | BaseException]:
+        # One read per task of every part asked for in this batch (usually one part, or the
+        # same few for every task of a page).
+        task_ids = list(dict.fromkeys(task_id for task_id, _ in keys))
+        parts = {part for _, part in keys}
+        found = await self._service.read_objects(task_ids, parts)
+        return [_objects_or_error(task_id, found[task_id]) for task_id, _ in keys]
 
     async def _load_tasks(self, task_ids: list[UUID]) -> Sequence[CheckMateTask | None]:
         # One SELECT per cap-sized chunk; batch results never exceed the cap, so this is one.

@@ -114,7 +114,7 @@ class Mutation:
             invoke=bool(input.invoke),
         )
         # The service wrote these objects a moment ago: no need to read them back.
-        info.context.loaders.objects.prime(
+        info.context.loaders.prime_objects(
             task.id, TaskObjects(task.params, task.metadata or [], task.lock)
         )
         return cast(CheckMateTask, task)

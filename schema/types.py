@@ -12,7 +12,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from checkmate import actions, models
-from checkmate.service import ServiceError, TaskObjects
+from checkmate.service import ObjectPart, ServiceError, TaskObjects
 from schema.context import GraphQLContext
 
 # The service's own enums become the GraphQL enums (registered on the classes themselves), so
@@ -43,8 +43,8 @@ def as_json(value: Any) -> JSON:
     return cast(JSON, value)
 
 
-async def _objects(info: Ctx, task_id: Any) -> TaskObjects:
-    return await info.context.loaders.objects.load(as_uuid(task_id))
+async def _objects(info: Ctx, task_id: Any, part: ObjectPart) -> TaskObjects:
+    return await info.context.loaders.objects.load((as_uuid(task_id), part))
 
 
 @strawberry.type(description="The lock a running task holds in the persistence store.")
@@ -101,7 +101,7 @@ class CheckMateTask:
 
     @strawberry.field(description="Parameters of the persisted task object; null once cleaned.")
     async def params(self, info: Ctx) -> JSON | None:
-        return as_json((await _objects(info, self.id)).params)
+        return as_json((await _objects(info, self.id, "params")).params)
 
     @strawberry.field(
         description=(
@@ -112,7 +112,7 @@ class CheckMateTask:
         )
     )
     async def metadata(self, info: Ctx) -> list[StageMetadata] | None:
-        return cast(list[StageMetadata], (await _objects(info, self.id)).metadata)
+        return cast(list[StageMetadata], (await _objects(info, self.id, "metadata")).metadata)
 
     @strawberry.field(
         description=(
@@ -121,15 +121,15 @@ class CheckMateTask:
         )
     )
     async def lock_detected(self, info: Ctx) -> bool | None:
-        return (await _objects(info, self.id)).lock_detected
+        return (await _objects(info, self.id, "lock")).lock_detected
 
     @strawberry.field
     async def lock(self, info: Ctx) -> TaskLock | None:
-        return cast(TaskLock | None, (await _objects(info, self.id)).lock)
+        return cast(TaskLock | None, (await _objects(info, self.id, "lock")).lock)
 
     @strawberry.field(description="Status of the latest stage that left metadata.")
     async def stage_status(self, info: Ctx) -> StageStatus | None:
-        metadata = (await _objects(info, self.id)).metadata
+        metadata = (await _objects(info, self.id, "metadata")).metadata
         return metadata[-1].status if metadata else None
 
 

@@ -183,3 +183,35 @@ async def test_for_each_returns_errors_per_task(task_store: TaskStore) -> None:
 def test_unsupported_url() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         TaskStore.from_url("ftp://example/x")
+
+
+async def test_read_many_answers_like_the_single_reads(task_store: TaskStore) -> None:
+    """read_many (one worker thread over a local folder, concurrent reads elsewhere) returns
+    exactly what get_task, get_stages and get_lock return, only the parts asked for, and a
+    corrupt object as that task's StoreError."""
+    full, bare, corrupt = uuid4(), uuid4(), uuid4()
+    await task_store.put_task(_task(full))
+    await task_store.put_lock(full, _lock("w"))
+    for index in [10, 0, 2]:
+        await task_store.put_stage(
+            full, StageMetadata(index=index, name=f"s{index}", status=StageStatus.COMPLETED)
+        )
+    await task_store.put_task(_task(corrupt))
+    await obstore.put_async(task_store.store, stage_path(corrupt, 1, "s1"), b"{not json")
+
+    everything = await task_store.read_many(
+        [full, bare, corrupt], task=True, stages=True, lock=True
+    )
+    assert everything[full] == (
+        await task_store.get_task(full),
+        await task_store.get_stages(full),
+        await task_store.get_lock(full),
+    )
+    assert [stage.index for stage in everything[full][1]] == [0, 2, 10]  # type: ignore[index]
+    assert everything[bare] == (None, [], None)
+    assert isinstance(everything[corrupt], StoreError)
+    assert stage_path(corrupt, 1, "s1") in str(everything[corrupt])
+
+    lock_only = await task_store.read_many([full, corrupt], task=False, stages=False, lock=True)
+    assert lock_only[full] == (None, [], await task_store.get_lock(full))
+    assert lock_only[corrupt] == (None, [], None)  # its broken stage was not read
