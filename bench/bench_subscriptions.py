@@ -11,7 +11,8 @@ registered, then commits `--changes` status changes one at a time, `--interval` 
 from a separate asyncpg connection. Latency = the client's clock when the event arrived minus
 the writer's clock when its COMMIT returned (same machine, same clock); every (subscription,
 event) delivery is one sample. It also prints the server process's RSS idle, with the
-subscriptions open, and at the end.
+subscriptions open, and at the end, and the server's CPU time (user + system) per committed
+change, from the first commit until every client has its events.
 
 --filter all: every subscription matches every change (worst case: each commit is sent to all
 sockets). --filter own-task: each subscription filters on the id of one task (ids filter), each
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -82,6 +84,10 @@ async def _client(
 
     tasks = [asyncio.create_task(one(task_id)) for task_id in task_ids]
     await all_ready.wait()
+    # The measuring side must not pause: its open sockets are frozen out of the collector's
+    # full passes (a 1 s pause here would read as server latency).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     print("READY", flush=True)
     await asyncio.gather(*tasks)
     await asyncio.to_thread(out.write_text, json.dumps(arrivals))
@@ -165,6 +171,7 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
         setup_seconds = time.monotonic() - started
         open_rss = server.rss_bytes
         committed: dict[str, float] = {}
+        server_cpu = server.cpu_seconds
         targets = task_ids if own_task else [task_ids[0]] * args.changes
         if own_task:
             # Spread `changes` commits over the run; each touches a different task.
@@ -187,6 +194,7 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
             )
         for client in clients:
             client.wait(timeout=600)
+        server_cpu = server.cpu_seconds - server_cpu
         end_rss = server.rss_bytes
         latencies = [
             (arrived - committed[event_id]) * 1000
@@ -212,6 +220,7 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
         "rss_idle_mib": idle_rss / 2**20,
         "rss_open_mib": open_rss / 2**20,
         "rss_end_mib": end_rss / 2**20,
+        "server_cpu_ms_per_change": server_cpu * 1000 / len(committed),
     }
 
 
@@ -223,7 +232,7 @@ async def _main(args: argparse.Namespace) -> None:
         print(f"database: {make_url(server_url).render_as_string(hide_password=True)}")
         print(f"{'subs':>6} {'filter':>8} {'changes':>7} {'deliveries':>10} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'max ms':>8} {'setup s':>7} {'RSS idle':>9} {'RSS open':>9} "
-              f"{'RSS end':>8}")
+              f"{'RSS end':>8} {'srv CPU/change':>14}")
         for count in args.subscriptions:
             url = await _prepare(server_url)
             result = await _run(url, data_dir, count, args)
@@ -231,7 +240,8 @@ async def _main(args: argparse.Namespace) -> None:
                   f"{result['deliveries']:>10} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f} "
                   f"{result['max_ms']:>8.1f} {result['setup_s']:>7.1f} "
                   f"{result['rss_idle_mib']:>6.0f}MiB {result['rss_open_mib']:>6.0f}MiB "
-                  f"{result['rss_end_mib']:>5.0f}MiB", flush=True)
+                  f"{result['rss_end_mib']:>5.0f}MiB "
+                  f"{result['server_cpu_ms_per_change']:>12.0f}ms", flush=True)
 
 
 def main() -> None:

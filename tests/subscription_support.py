@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,12 @@ class ServerProcess:
     compression off unless `ws_compression`)."""
 
     def __init__(
-        self, database_url: str, data_dir: Path, *, ws_compression: bool = False, **env: str
+        self,
+        database_url: str,
+        data_dir: Path,
+        *,
+        ws_compression: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,7 +56,7 @@ class ServerProcess:
             "CHECKMATE_DATABASE_URL": database_url,
             "CHECKMATE_STORE_URL": (data_dir / "store").as_uri(),
             "CHECKMATE_DATA_DIR": str(data_dir),
-            **env,
+            **(env or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
@@ -81,6 +86,12 @@ class ServerProcess:
             self.process.wait()
 
     @property
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @property
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -89,8 +100,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(database_url: str, data_dir: Path, **env: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(database_url, data_dir, **env)
+def running_server(
+    database_url: str, data_dir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(database_url, data_dir, env=env)
     try:
         server.wait_ready()
         yield server
