@@ -12,7 +12,7 @@ from a separate asyncpg connection. Latency = the client's clock when the event 
 the writer's clock when its COMMIT returned (same machine, same clock); every (subscription,
 event) delivery is one sample. It also prints the server process's RSS idle, with the
 subscriptions open, and at the end, and the server's CPU time (user + system) per committed
-change, from the first commit until every client has its events.
+change, from the first commit until `--interval` after the last one.
 
 --filter all: every subscription matches every change (worst case: each commit is sent to all
 sockets). --filter own-task: each subscription filters on the id of one task (ids filter), each
@@ -184,6 +184,8 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
             event_id = await conn.fetchval("SELECT max(id) FROM status_events")
             committed[str(event_id)] = committed_at
             await asyncio.sleep(args.interval)
+        # Taken before own-task's final release of the untouched subscriptions (not measured).
+        server_cpu = server.cpu_seconds - server_cpu
         if own_task:
             # The subscriptions whose task did not change are still waiting: change them now
             # (not measured) so the clients can finish.
@@ -194,7 +196,6 @@ async def _run(url: str, data_dir: Path, count: int, args: argparse.Namespace) -
             )
         for client in clients:
             client.wait(timeout=600)
-        server_cpu = server.cpu_seconds - server_cpu
         end_rss = server.rss_bytes
         latencies = [
             (arrived - committed[event_id]) * 1000

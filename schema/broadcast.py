@@ -20,6 +20,7 @@ group's own request id, which the single log line of the failure carries too.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from graphql import DocumentNode, ExecutionResult, Node, VariableNode
+from graphql import DocumentNode, ExecutionResult, GraphQLError, Node, VariableNode
 from graphql.execution import Executor
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -170,10 +171,12 @@ class Broadcast:
         rendered: str | asyncio.Task[str]
         if isinstance(result, ExecutionResult):
             rendered = _payload(result, group.request_id)
-        else:
+        elif inspect.isawaitable(result):
             # An async field (task): one rendering task that every subscriber of the group
             # awaits, and that no single subscriber leaving can cancel.
             rendered = asyncio.ensure_future(self._finish(result, (event.event_id, key), group))
+        else:  # incremental delivery results: no wire form for them in a subscription
+            raise GraphQLError("@defer and @stream are not supported in subscriptions")
         self._keep((event.event_id, key), rendered)
         return rendered
 
