@@ -123,7 +123,7 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.broadcast = Broadcast(self.schema)  # type: ignore[arg-type]
+        self.broadcast = Broadcast(self.schema)
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)

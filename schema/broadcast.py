@@ -40,7 +40,7 @@ from schema.dataloaders import Loaders
 from schema.errors import coded
 
 if TYPE_CHECKING:
-    from strawberry import Schema
+    from strawberry.schema import BaseSchema
     from strawberry.types import Info
 
 # Renderings kept for subscribers that are a few events behind the others; one that is further
@@ -133,8 +133,11 @@ class _Group:
 class Broadcast:
     """Renderings shared by the subscriptions of one API process (one per GraphQL view)."""
 
-    def __init__(self, schema: Schema) -> None:
-        self._schema = schema
+    def __init__(self, schema: BaseSchema) -> None:
+        # The schema's own execution context (PlainLeavesExecutionContext), as strawberry uses.
+        self._executor_class: type[Executor[Any]] = (
+            getattr(schema, "execution_context_class", None) or Executor
+        )
         self._results: OrderedDict[tuple[int, GroupKey], str | asyncio.Task[str]] = OrderedDict()
         self._groups: OrderedDict[GroupKey, _Group] = OrderedDict()
         self._selection_variables: dict[tuple[str, str | None], frozenset[str]] = {}
@@ -214,8 +217,7 @@ class Broadcast:
         if self._loaders is None:
             self._loaders = Loaders(info.context.service, cache=False)
         context.loaders = self._loaders
-        executor_class = self._schema.execution_context_class or Executor
-        executor = executor_class.build(
+        executor = self._executor_class.build(
             raw.schema, document, None, context, sink.variables, sink.operation_name
         )
         if isinstance(executor, list):  # the subscription itself validated: cannot happen
