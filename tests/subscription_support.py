@@ -38,7 +38,7 @@ def free_port() -> int:
 
 class ServerProcess:
     """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it (websocket
-    compression off unless `ws_compression`)."""
+    compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
 
     def __init__(
         self,
@@ -47,6 +47,7 @@ class ServerProcess:
         *,
         ws_compression: bool = False,
         env: Mapping[str, str] | None = None,
+        cli: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,13 +59,18 @@ class ServerProcess:
             "CHECKMATE_DATA_DIR": str(data_dir),
             **(env or {}),
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--ws-max-queue", "1024",
-             "--ws-per-message-deflate", "true" if ws_compression else "false"],
-            cwd=ROOT, env=environment,
-        )
+        command = [
+            sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            "--ws-max-queue", "1024",
+            "--ws-per-message-deflate", "true" if ws_compression else "false",
+        ]
+        if cli:
+            command = [
+                sys.executable, "-m", "checkmate.cli", "serve", "--port", str(self.port),
+                *(["--ws-compression"] if ws_compression else []),
+            ]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment)
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds

@@ -160,3 +160,29 @@ async def test_two_server_processes_both_deliver_every_event_through_listener_lo
             assert not set(reconnected) & set(listeners)
     for events in received:
         assert [without_time(e) for e in events] == [expected(row) for row in stored]
+
+
+@pytest.mark.parametrize(
+    ("env", "offered"),
+    [({}, None), ({"CHECKMATE_WS_COMPRESSION": "true"}, "permessage-deflate")],
+    ids=["default", "CHECKMATE_WS_COMPRESSION"],
+)
+async def test_checkmate_serve_compresses_websockets_only_when_configured(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    offered: str | None,
+) -> None:
+    monkeypatch.delenv("CHECKMATE_WS_COMPRESSION", raising=False)
+    server = ServerProcess(database_url, tmp_path, env=env, cli=True)
+    try:
+        server.wait_ready()
+        # The client offers permessage-deflate, as browsers do.
+        async with subscribe(server.ws_url) as subscription:
+            response = subscription.ws.response
+            assert response is not None
+            header = response.headers.get("Sec-WebSocket-Extensions")
+    finally:
+        server.stop()
+    assert (header.split(";")[0] if header else None) == offered
