@@ -128,6 +128,7 @@ def _payload(result: ExecutionResult, request_id: str) -> str:
 class _Group:
     executor: Executor[Any]
     request_id: str
+    service: Any
 
 
 class Broadcast:
@@ -141,7 +142,7 @@ class Broadcast:
         self._results: OrderedDict[tuple[int, GroupKey], str | asyncio.Task[str]] = OrderedDict()
         self._groups: OrderedDict[GroupKey, _Group] = OrderedDict()
         self._selection_variables: dict[tuple[str, str | None], frozenset[str]] = {}
-        self._loaders: Loaders | None = None
+        self._loaders: tuple[Any, Loaders] | None = None  # (service, its loaders)
 
     async def deliver(
         self, info: Info[GraphQLContext, Any], events: AsyncIterator[StatusEvent], sink: Sink
@@ -199,8 +200,11 @@ class Broadcast:
             self._results.popitem(last=False)
 
     def _group(self, key: GroupKey, info: Info[GraphQLContext, Any], sink: Sink) -> _Group:
+        service = info.context.service
         group = self._groups.get(key)
-        if group is not None:
+        # A view outliving its app's lifespan (tests reopen apps) must not render with a
+        # closed service.
+        if group is not None and group.service is service:
             self._groups.move_to_end(key)
             return group
         raw = info._raw_info
@@ -209,20 +213,17 @@ class Broadcast:
         # of one event's renderings go out as one batch; nothing is cached between events.
         request_id = f"feed-{uuid.uuid4().hex[:12]}"
         context = GraphQLContext(
-            service=info.context.service,
-            hub=info.context.hub,
-            request_id=request_id,
-            cache_loads=False,
+            service=service, hub=info.context.hub, request_id=request_id, cache_loads=False
         )
-        if self._loaders is None:
-            self._loaders = Loaders(info.context.service, cache=False)
-        context.loaders = self._loaders
+        if self._loaders is None or self._loaders[0] is not service:
+            self._loaders = (service, Loaders(service, cache=False))
+        context.loaders = self._loaders[1]
         executor = self._executor_class.build(
             raw.schema, document, None, context, sink.variables, sink.operation_name
         )
         if isinstance(executor, list):  # the subscription itself validated: cannot happen
             raise RuntimeError(f"subscription document does not build: {executor}")
-        group = self._groups[key] = _Group(executor, request_id)
+        group = self._groups[key] = _Group(executor, request_id, service)
         while len(self._groups) > GROUPS_KEPT:
             self._groups.popitem(last=False)
         return group
