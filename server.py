@@ -34,6 +34,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
 from checkmate.events import EventHub
+from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from schema import schema
@@ -251,7 +252,8 @@ async def metrics(request: Request) -> Response:
 # collected every 700 allocations, they were promoted while still alive, and the promotions set
 # off full collections of a heap of millions of long-lived subscription objects: 1-2 s pauses
 # (p99 2.2 s at 10,000 subscriptions; 0.5 s with this threshold, and a third less server CPU).
-GC_THRESHOLD = (50_000, 20, 100)
+# Same young threshold as checkmate.gcpause's bursts, which then keep it (they never lower it).
+GC_THRESHOLD = (BURST_THRESHOLD, 20, 100)
 
 
 @contextmanager
