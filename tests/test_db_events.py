@@ -14,7 +14,7 @@ from checkmate.db.engine import asyncpg_dsn
 from checkmate.db.tables import EVENTS_CHANNEL, QUEUED_CHANNEL
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
-from tests.core_helpers import TaskSpec, insert_records
+from tests.core_helpers import TaskSpec, insert_records, make_tasks
 
 S = StageStatus
 
@@ -137,8 +137,11 @@ async def test_service_batch_writes_one_event_per_changed_task_one_notice_per_st
 async def test_invoke_notifies_the_queues_it_queued(
     service: CheckMateService, raw_conn: asyncpg.Connection, listener: Listener
 ) -> None:
-    await insert_records(
-        raw_conn, [TaskSpec(S.CREATED, queue="gpu")] * 3 + [TaskSpec(S.CANCELED, queue="cpu")] * 3
+    # With their task objects: invoke refuses a task a worker could not load.
+    await make_tasks(
+        raw_conn,
+        service.store,
+        [TaskSpec(S.CREATED, queue="gpu")] * 3 + [TaskSpec(S.CANCELED, queue="cpu")] * 3,
     )
     await service.invoke(statuses=[S.CREATED, S.CANCELED], dry_run=False)
     assert sorted(await listener.settle(QUEUED_CHANNEL, 2)) == ["cpu", "gpu"]

