@@ -16,7 +16,7 @@ import pytest
 
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
-from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
+from checkmate.events import EventHub, SubscriberLagging, TaskFacts, _Snapshot, matches
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
 
@@ -539,3 +539,18 @@ async def test_many_writers_committing_short_transactions_out_of_order_lose_noth
     assert [as_tuple(e) for e in received] == [record_tuple(row) for row in stored]
     assert await nothing_more(events)
     await events.aclose()
+
+
+def test_a_hole_resolves_only_when_every_xid_of_its_range_has_ended() -> None:
+    # A hole found by a read whose snapshot had xmin 100 and which drew xid 110 afterwards.
+    low, high = 100, 110
+    # xmax 106: xids 106..110 may be running though xip lists none of them (the old bug).
+    assert not _Snapshot.parse("100:106:").all_ended(low, high)
+    assert not _Snapshot.parse("100:110:").all_ended(low, high)  # 110 itself is not below xmax
+    assert not _Snapshot.parse("95:120:95,104,115").all_ended(low, high)  # 104 still runs
+    assert not _Snapshot.parse("100:120:100").all_ended(low, high)
+    assert not _Snapshot.parse("105:120:110").all_ended(low, high)
+    # Running transactions outside the range do not hold the hole.
+    assert _Snapshot.parse("95:111:95").all_ended(low, high)
+    assert _Snapshot.parse("111:130:111,125").all_ended(low, high)
+    assert _Snapshot.parse("130:130:").all_ended(low, high)
