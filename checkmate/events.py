@@ -22,14 +22,18 @@ an exact cursor on any server process: a client that saw id N has seen every eve
 A hole resolves by transaction visibility, not by a timer. Each read is one statement that
 returns pg_current_snapshot() S, the snapshot its rows come from, and pg_current_xact_id() X, an
 xid the reading transaction takes while the statement runs, so after S was taken. Say id h is
-missing below a visible id b. The writer T of h drew h before the writer of b drew b, and that
-one committed before S; the trigger writes the task row (which gives T its xid) before it draws
-an event id. So T had its xid before S, hence xid(T) < X, and T was still running at S (it
-is absent, and had it committed before S, h would be visible), or T had already rolled back. It
-was not already finished before S.xmin. So xid(T) is in [S.xmin, X], the hole's candidate range.
-A later read whose snapshot S2 shows every xid of that range ended (X < S2.xmax and none of
-S2's in-progress xids in the range) and still lacks h proves T rolled back: the cursor moves on.
-(A hole never resolves in the read that found it: X is not yet ended in S.)
+missing below a visible id b. The writer T of h drew h before b was drawn, and b's writer
+committed before S. The trigger writes the task row (which gives T its xid) before it draws an
+event id, so T had its xid before S: xid(T) < X. And at S, T had rolled back or was running
+(had it committed, h would be visible), and then xid(T) >= S.xmin. So once every xid in
+[S.xmin, X], the hole's candidate range, has ended, T has ended. A later read whose snapshot S2
+shows that (X < S2.xmax and none of S2's in-progress xids in the range) and still lacks h
+proves that T rolled back: the cursor moves on. A hole never resolves in the read that found
+it (X is not yet ended in S). A committed hole resolves as soon as a read sees its row; only
+rolled-back holes wait for their range, so an unrelated long transaction in it delays them
+(up to `max_hold`).
+Starting up, the hub places its cursor the same way: below the oldest hole that was filled
+meanwhile or may still be, else at the newest event.
 
 The range is not S's in-progress list (xip). A snapshot lists there only the running xids
 below its xmax, which is latestCompletedXid + 1; a running transaction with a newer xid is in
