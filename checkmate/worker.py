@@ -27,10 +27,9 @@ from uuid import UUID
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from checkmate.db import queries
-from checkmate.db.engine import asyncpg_dsn, create_engine
+from checkmate.db.engine import asyncpg_dsn
 from checkmate.db.tables import QUEUED_CHANNEL
 from checkmate.models import StageMetadata, StageStatus, TaskLock
 from checkmate.service import CheckMateService
@@ -109,34 +108,41 @@ def _stage_data(result: Any, recorded: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class HeldConnections:
-    """Connections the worker keeps open. A pool checkout costs a ping and a reset, more round
-    trips than the one-statement updates a task makes, so each is reused until it fails."""
+    """The worker's own asyncpg connections, kept open: a pool checkout costs a ping and a
+    reset, more round trips than the one-statement updates a task makes. A connection is
+    reused until a statement on it fails. Its statements are the worker section of queries.py:
+    asyncpg prepares each once per connection."""
 
-    def __init__(self, database_url: str, size: int) -> None:
-        self._engine = create_engine(database_url, pool_size=size + 1)
-        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._idle: list[AsyncConnection] = []
-        self._claim: AsyncConnection | None = None
+    def __init__(self, database_url: str) -> None:
+        self._dsn = asyncpg_dsn(database_url)
+        self._idle: list[asyncpg.Connection] = []
+        self._claim: asyncpg.Connection | None = None
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._dsn, server_settings={"application_name": "checkmate-worker"}
+        )
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection for one statement (its own transaction)."""
-        conn = self._idle.pop() if self._idle else await self._autocommit.connect()
+    async def statement(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one statement (its own transaction)."""
+        conn = self._idle.pop() if self._idle else await self._connect()
         try:
             yield conn
         except BaseException:
-            await conn.close()  # whatever failed, never reuse a connection in doubt
+            conn.terminate()  # whatever failed, never reuse a connection in doubt
             raise
         self._idle.append(conn)
 
     @asynccontextmanager
-    async def claim(self) -> AsyncIterator[AsyncConnection]:
-        """The claim loop's connection; the caller opens the transaction."""
-        conn, self._claim = self._claim or await self._engine.connect(), None
+    async def claim(self) -> AsyncIterator[asyncpg.Connection]:
+        """The claim loop's connection, in a transaction that commits when the block ends."""
+        conn, self._claim = self._claim or await self._connect(), None
         try:
-            yield conn
+            async with conn.transaction():
+                yield conn
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         self._claim = conn
 
@@ -144,7 +150,6 @@ class HeldConnections:
         for conn in [*self._idle, *filter(None, [self._claim])]:
             await conn.close()
         self._idle, self._claim = [], None
-        await self._engine.dispose()
 
 
 def _is_ours(lock: TaskLock | None, claim: Claim) -> bool:
@@ -169,7 +174,9 @@ class Worker:
         if not queues:
             raise ValueError("a worker needs at least one queue")
         self.service = service
-        self.store = service.store
+        # Plain file calls for a local folder: a task's five small objects through obstore
+        # cost more CPU than the rest of a no-op task (see TaskStore.inline_local).
+        self.store = service.store.inline_local()
         self.queues = list(dict.fromkeys(queues))
         self.concurrency = concurrency
         self.name = name or default_worker_name()
@@ -186,7 +193,7 @@ class Worker:
         self._skip_until: dict[UUID, float] = {}
         self._listener: Any = None
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="checkmate-stage")
-        self._db = HeldConnections(service.database_url, concurrency)
+        self._db = HeldConnections(service.database_url)
 
     def stop(self) -> None:
         """Finish the current stages, requeue the rest, return from run()."""
@@ -288,7 +295,7 @@ class Worker:
         self._skip_until = {i: t for i, t in self._skip_until.items() if t > now}
         locked: list[tuple[UUID, TaskLock]] = []
         try:
-            async with self._db.claim() as conn, conn.begin():
+            async with self._db.claim() as conn:
                 rows = await queries.select_claimable(
                     conn, self.queues, limit, list(self._skip_until)
                 )
@@ -296,10 +303,10 @@ class Worker:
                     return []
                 # Plans are read alongside the locks; a task left unlocked wastes its read.
                 locked, plans = await asyncio.gather(
-                    self._create_locks([row.id for row in rows]),
-                    asyncio.gather(*(self._plan(row.id, row.stage is not None) for row in rows)),
+                    self._create_locks([task_id for task_id, _ in rows]),
+                    asyncio.gather(*(self._plan(i, stage is not None) for i, stage in rows)),
                 )
-                plan_of = {row.id: plan for row, plan in zip(rows, plans, strict=True)}
+                plan_of = {task_id: plan for (task_id, _), plan in zip(rows, plans, strict=True)}
                 claims = [Claim(task_id, lock, plan_of[task_id]) for task_id, lock in locked]
                 if claims:
                     first = {claim.task_id: claim.plan.first_to_run() for claim in claims}

@@ -50,10 +50,12 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "local-inline", "memory", "s3"])
 def task_store(request: pytest.FixtureRequest, tmp_path: Path) -> TaskStore:
     if request.param == "local":
         return TaskStore.from_url((tmp_path / "store").as_uri())
+    if request.param == "local-inline":  # the worker's: plain file calls, obstore's layout
+        return TaskStore.from_url((tmp_path / "store").as_uri()).inline_local()
     if request.param == "memory":
         return TaskStore.from_url("memory://")
     request.getfixturevalue("s3_endpoint")
@@ -215,3 +217,25 @@ async def test_read_many_answers_like_the_single_reads(task_store: TaskStore) ->
     lock_only = await task_store.read_many([full, corrupt], task=False, stages=False, lock=True)
     assert lock_only[full] == (None, [], await task_store.get_lock(full))
     assert lock_only[corrupt] == (None, [], None)  # its broken stage was not read
+
+
+async def test_inline_local_and_obstore_share_one_folder(tmp_path: Path) -> None:
+    """The worker writes a local folder with plain file calls, the API reads it through obstore
+    (and the other way round): same objects, one lock between them, no staging files left."""
+    via_obstore = TaskStore.from_url((tmp_path / "store").as_uri())
+    inline = via_obstore.inline_local()
+    task_id = uuid4()
+    await inline.put_task(_task(task_id))
+    for writer, index in [(inline, 0), (via_obstore, 1)]:
+        stage = StageMetadata(index=index, name=f"stage-{index + 1}", status=StageStatus.RUNNING)
+        await writer.put_stage(task_id, stage)
+    assert await via_obstore.get_task(task_id) == _task(task_id)
+    for reader in (via_obstore, inline):
+        assert [stage.name for stage in await reader.get_stages(task_id)] == ["stage-1", "stage-2"]
+    assert await inline.create_lock(task_id, _lock("worker")) is True
+    assert await via_obstore.create_lock(task_id, _lock("other")) is False
+    await via_obstore.delete_lock(task_id)
+    assert await inline.create_lock(task_id, _lock("next")) is True
+    assert await inline.create_lock(task_id, _lock("late")) is False
+    files = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert files == ["0000-stage-1.json", "0001-stage-2.json", "lock", "task.json"]
