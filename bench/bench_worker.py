@@ -2,6 +2,7 @@
 
     python -m bench.bench_worker [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
                                  [--tasks 2000] [--processes 1,3] [--concurrency 1,8]
+                                 [--repeat 3] [--store-dir DIR]
 
 Both sides run on the same PostgreSQL server, each in its own fresh database, with the same
 number of worker processes and the same per-process concurrency. Workers are started and idle
@@ -9,15 +10,23 @@ first; then all tasks are queued at once (CheckMate: one `invoke` of CREATED tas
 one batch defer) and the clock runs until the last one has completed. CheckMate's tasks are
 `demo.pipeline` with stages=1 (an async no-op stage) and a local-folder store; procrastinate's
 job is an async no-op. Without --database-url an embedded PostgreSQL is started.
+
+Each setting runs --repeat times per side, the two sides alternating (C P, P C, C P, ...) so that
+a machine whose load drifts favours neither; the table shows each side's median and every run.
+CheckMate's store is a folder under --store-dir (default: the system's temporary folder); it is
+part of what a CheckMate task costs (a lock, two stage metadata writes, a task object read).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,10 +127,24 @@ async def _seed_checkmate(url: str, store_url: str, count: int) -> None:
 
 
 async def bench_checkmate(
-    server_url: str, work: Path, tasks: int, processes: int, concurrency: int
+    server_url: str,
+    work: Path,
+    tasks: int,
+    processes: int,
+    concurrency: int,
+    store_root: Path | None = None,
 ) -> float:
     url = await _fresh_database(server_url, CHECKMATE_DB)
-    store_url = (work / f"store-{processes}").as_uri()
+    store = Path(tempfile.mkdtemp(prefix="bench-worker-store-", dir=store_root or work))
+    try:
+        return await _bench_checkmate(url, store.as_uri(), work, tasks, processes, concurrency)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+async def _bench_checkmate(
+    url: str, store_url: str, work: Path, tasks: int, processes: int, concurrency: int
+) -> float:
     await _seed_checkmate(url, store_url, tasks)
     env = {
         **os.environ,
@@ -220,7 +243,8 @@ async def bench_procrastinate(
 # --- main -----------------------------------------------------------------------------------
 
 
-Figures = list[tuple[int, int, float, float]]
+# (processes, concurrency, CheckMate's rates, procrastinate's rates)
+Figures = list[tuple[int, int, list[float], list[float]]]
 
 
 async def _run(server_url: str, args: argparse.Namespace, work: Path) -> Figures:
@@ -228,10 +252,39 @@ async def _run(server_url: str, args: argparse.Namespace, work: Path) -> Figures
     for concurrency in args.concurrency:
         for processes in args.processes:
             setup = (server_url, work, args.tasks, processes, concurrency)
-            ours = await bench_checkmate(*setup)
-            theirs = await bench_procrastinate(*setup)
+            ours: list[float] = []
+            theirs: list[float] = []
+            for run in range(args.repeat):
+                checkmate = functools.partial(bench_checkmate, store_root=args.store_dir)
+                sides: list[tuple[Callable[..., Awaitable[float]], list[float]]] = [
+                    (checkmate, ours),
+                    (bench_procrastinate, theirs),
+                ]
+                for bench, rates in sides if run % 2 == 0 else sides[::-1]:
+                    rates.append(await bench(*setup))
             rows.append((processes, concurrency, ours, theirs))
     return rows
+
+
+def _rates(rates: list[float]) -> str:
+    return " ".join(f"{rate:.0f}" for rate in rates)
+
+
+def _print(rows: Figures, args: argparse.Namespace) -> None:
+    server = args.database_url or "embedded PostgreSQL"
+    print(
+        f"\nno-op 1-stage tasks completed per second, median of {args.repeat} "
+        f"({args.tasks} tasks per run, {server}, store under {args.store_dir or 'the temp dir'}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
+    )
+    print(f"{'processes':>9}  {'concurrency':>11}  {'checkmate':>9}  {'procrastinate':>13}  ratio")
+    for processes, concurrency, ours, theirs in rows:
+        mine, other = statistics.median(ours), statistics.median(theirs)
+        runs = f"runs: {_rates(ours)} | {_rates(theirs)}"
+        print(
+            f"{processes:>9}  {concurrency:>11}  {mine:>9.0f}  {other:>13.0f}  "
+            f"{mine / other:>5.2f}   {runs}"
+        )
 
 
 def _ints(value: str) -> list[int]:
@@ -244,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--processes", default=[1, 3], type=_ints)
     parser.add_argument("--concurrency", default=[1, 8], type=_ints, help="per process")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side and setting")
+    parser.add_argument(
+        "--store-dir", type=Path, help="folder for CheckMate's store (default: the temp dir)"
+    )
     parser.add_argument("--procrastinate-worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # procrastinate warns that the bench defines its app in __main__; that is deliberate here.
@@ -255,16 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         work = Path(tmp)
         server_url = args.database_url or start_embedded(work / "pg", database="postgres")
         rows = asyncio.run(_run(server_url, args, work))
-    server = args.database_url or "embedded PostgreSQL"
-    print(
-        f"\nno-op 1-stage tasks completed per second ({args.tasks} tasks per run, {server}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
-    )
-    print(f"{'processes':>9}  {'concurrency':>11}  {'checkmate':>9}  {'procrastinate':>13}  ratio")
-    for processes, concurrency, ours, theirs in rows:
-        print(
-            f"{processes:>9}  {concurrency:>11}  {ours:>9.0f}  {theirs:>13.0f}  {ours / theirs:.2f}"
-        )
+    _print(rows, args)
 
 
 if __name__ == "__main__":
