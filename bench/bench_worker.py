@@ -72,10 +72,10 @@ async def _wait_for(condition: Callable[[], Awaitable[bool]], within: float) -> 
 
 
 def _start(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -133,17 +133,27 @@ async def bench_checkmate(
     processes: int,
     concurrency: int,
     store_root: Path | None = None,
+    source: Path = REPO,
 ) -> float:
+    """`source` is the source tree whose worker runs (the seeding and schema are this one's)."""
     url = await _fresh_database(server_url, CHECKMATE_DB)
     store = Path(tempfile.mkdtemp(prefix="bench-worker-store-", dir=store_root or work))
     try:
-        return await _bench_checkmate(url, store.as_uri(), work, tasks, processes, concurrency)
+        return await _bench_checkmate(
+            url, store.as_uri(), work, tasks, processes, concurrency, source
+        )
     finally:
         shutil.rmtree(store, ignore_errors=True)
 
 
 async def _bench_checkmate(
-    url: str, store_url: str, work: Path, tasks: int, processes: int, concurrency: int
+    url: str,
+    store_url: str,
+    work: Path,
+    tasks: int,
+    processes: int,
+    concurrency: int,
+    source: Path,
 ) -> float:
     await _seed_checkmate(url, store_url, tasks)
     env = {
@@ -151,10 +161,11 @@ async def _bench_checkmate(
         "CHECKMATE_DATABASE_URL": url,
         "CHECKMATE_STORE_URL": store_url,
         "CHECKMATE_DATA_DIR": str(work),
+        "PYTHONPATH": str(source),
     }
     logs = [work / f"checkmate-{processes}x{concurrency}-{n}.log" for n in range(processes)]
     command = [sys.executable, "-m", "checkmate.cli", "worker", "--concurrency", str(concurrency)]
-    workers = [_start(command, log, env) for log in logs]
+    workers = [_start(command, log, env, cwd=source) for log in logs]
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         async def ready() -> bool:
@@ -243,31 +254,36 @@ async def bench_procrastinate(
 # --- main -----------------------------------------------------------------------------------
 
 
-# (processes, concurrency, CheckMate's rates, procrastinate's rates)
-Figures = list[tuple[int, int, list[float], list[float]]]
+Bench = Callable[[str, Path, int, int, int], Awaitable[float]]
+# (processes, concurrency, the rates of each side's runs)
+Figures = list[tuple[int, int, dict[str, list[float]]]]
+
+
+def _sides(args: argparse.Namespace) -> dict[str, Bench]:
+    sides: dict[str, Bench] = {
+        "checkmate": functools.partial(bench_checkmate, store_root=args.store_dir)
+    }
+    if args.baseline:
+        sides["baseline"] = functools.partial(
+            bench_checkmate, store_root=args.store_dir, source=args.baseline
+        )
+    sides["procrastinate"] = bench_procrastinate
+    return sides
 
 
 async def _run(server_url: str, args: argparse.Namespace, work: Path) -> Figures:
+    sides = list(_sides(args).items())
     rows = []
     for concurrency in args.concurrency:
         for processes in args.processes:
             setup = (server_url, work, args.tasks, processes, concurrency)
-            ours: list[float] = []
-            theirs: list[float] = []
+            rates: dict[str, list[float]] = {name: [] for name, _ in sides}
             for run in range(args.repeat):
-                checkmate = functools.partial(bench_checkmate, store_root=args.store_dir)
-                sides: list[tuple[Callable[..., Awaitable[float]], list[float]]] = [
-                    (checkmate, ours),
-                    (bench_procrastinate, theirs),
-                ]
-                for bench, rates in sides if run % 2 == 0 else sides[::-1]:
-                    rates.append(await bench(*setup))
-            rows.append((processes, concurrency, ours, theirs))
+                # Each run starts with the next side: load drift favours none of them.
+                for name, bench in sides[run % len(sides) :] + sides[: run % len(sides)]:
+                    rates[name].append(await bench(*setup))
+            rows.append((processes, concurrency, rates))
     return rows
-
-
-def _rates(rates: list[float]) -> str:
-    return " ".join(f"{rate:.0f}" for rate in rates)
 
 
 def _print(rows: Figures, args: argparse.Namespace) -> None:
@@ -277,13 +293,24 @@ def _print(rows: Figures, args: argparse.Namespace) -> None:
         f"({args.tasks} tasks per run, {server}, store under {args.store_dir or 'the temp dir'}, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
     )
-    print(f"{'processes':>9}  {'concurrency':>11}  {'checkmate':>9}  {'procrastinate':>13}  ratio")
-    for processes, concurrency, ours, theirs in rows:
-        mine, other = statistics.median(ours), statistics.median(theirs)
-        runs = f"runs: {_rates(ours)} | {_rates(theirs)}"
+    if args.baseline:
+        print(f"baseline: the worker of {args.baseline}")
+    names = list(rows[0][2]) if rows else []
+    ratios = [name for name in names if name != "procrastinate"]
+    print(
+        f"{'processes':>9}  {'concurrency':>11}  "
+        + "  ".join(f"{name:>13}" for name in names)
+        + "".join(f"  {name[:5] + '/pr':>8}" for name in ratios)
+        + "   runs"
+    )
+    for processes, concurrency, rates in rows:
+        median = {name: statistics.median(values) for name, values in rates.items()}
         print(
-            f"{processes:>9}  {concurrency:>11}  {mine:>9.0f}  {other:>13.0f}  "
-            f"{mine / other:>5.2f}   {runs}"
+            f"{processes:>9}  {concurrency:>11}  "
+            + "  ".join(f"{median[name]:>13.0f}" for name in names)
+            + "".join(f"  {median[name] / median['procrastinate']:>8.2f}" for name in ratios)
+            + "   "
+            + " | ".join(" ".join(f"{rate:.0f}" for rate in rates[name]) for name in names)
         )
 
 
@@ -300,6 +327,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per side and setting")
     parser.add_argument(
         "--store-dir", type=Path, help="folder for CheckMate's store (default: the temp dir)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SOURCE_TREE",
+        help="also run the worker of another source tree, e.g. an earlier commit unpacked with "
+        "`git archive REV | tar -x -C DIR`, in the same run",
     )
     parser.add_argument("--procrastinate-worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
