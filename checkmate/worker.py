@@ -188,7 +188,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         # Tasks whose stages run; a task that is only recording its outcome no longer counts,
         # so the next claim overlaps that tail (the claim is most of a short task's cost).
-        self._busy = 0
+        self._busy: set[UUID] = set()
         # QUEUED tasks found with a lock object: left alone until an operator unlocks them.
         self._skip_until: dict[UUID, float] = {}
         self._listener: Any = None
@@ -223,7 +223,7 @@ class Worker:
         while not self._stopping.is_set():
             # Outcome recording may lag behind by at most `concurrency` tasks.
             free = min(
-                self.concurrency - self._busy, 2 * self.concurrency - len(self._running)
+                self.concurrency - len(self._busy), 2 * self.concurrency - len(self._running)
             )
             if free <= 0:
                 self._slot_freed.clear()
@@ -248,7 +248,7 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     def _spawn(self, claim: Claim) -> None:
-        self._busy += 1
+        self._busy.add(claim.task_id)
         task = asyncio.create_task(self._execute(claim))
         self._running.add(task)
 
@@ -258,9 +258,11 @@ class Worker:
 
         task.add_done_callback(done)
 
-    def _stages_done(self) -> None:
-        self._busy -= 1
-        self._slot_freed.set()
+    def _stages_done(self, task_id: UUID) -> None:
+        """The task runs no more stage code: its slot goes to the next claim (once)."""
+        if task_id in self._busy:
+            self._busy.discard(task_id)
+            self._slot_freed.set()
 
     # --- LISTEN -----------------------------------------------------------------------------
 
@@ -363,7 +365,7 @@ class Worker:
                 async with self._heartbeat(claim):
                     result = await self._run_task(claim)
             finally:
-                self._stages_done()
+                self._stages_done(claim.task_id)
             await self._settle(claim, result)
         except Exception:
             # Database or store gone mid-task: the lock stays and goes stale, as when killed.
@@ -421,7 +423,7 @@ class Worker:
             context = StageContext(
                 claim.task_id, plan.params, stage.name, index, attempt, outputs=dict(outputs)
             )
-            meta = await self._run_stage(stage, context)
+            meta = await self._run_stage(stage, context, last=index == len(plan.stages) - 1)
             if meta.status is StageStatus.ERROR:
                 return RunResult(Outcome.ERROR, f"stage {stage.name} failed: {meta.error}")
             outputs[stage.name] = meta.data or {}
@@ -431,7 +433,7 @@ class Worker:
         async with self._db.statement() as conn:
             return await queries.set_running_stage(conn, task_id, self.name, stage)
 
-    async def _run_stage(self, stage: Stage, ctx: StageContext) -> StageMetadata:
+    async def _run_stage(self, stage: Stage, ctx: StageContext, *, last: bool) -> StageMetadata:
         """Run one stage; its metadata object is written when it starts and when it ends."""
         started = _now()
         meta = StageMetadata(
@@ -455,6 +457,11 @@ class Worker:
             }
         update |= {"finished_at": _now(), "duration_seconds": time.perf_counter() - clock}
         meta = meta.model_copy(update=update)
+        if last or meta.status is StageStatus.ERROR:
+            # The task's last stage code has run: the next claim's first round trip overlaps
+            # the writes that finish this task (yielding lets the claim loop send it).
+            self._stages_done(ctx.task_id)
+            await asyncio.sleep(0)
         await self.store.put_stage(ctx.task_id, meta)
         return meta
 
