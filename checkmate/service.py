@@ -394,8 +394,9 @@ class CheckMateService:
         if invoke:
             values |= {"status": StageStatus.QUEUED.value, "attempts": 1}
         try:
-            async with self.engine.begin() as conn:
+            async with self._connect() as conn:
                 row = await queries.insert_task(conn, values)
+                await conn.commit()
         except BaseException:
             await self.store.delete_task(task_id)
             raise
