@@ -245,11 +245,6 @@ async def select_last_event_id(conn: AsyncConnection) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
-async def delete_events_before(conn: AsyncConnection, cutoff: datetime) -> int:
-    query = delete(status_events).where(status_events.c.changed_at < cutoff)
-    return (await conn.execute(query)).rowcount
-
-
 # --- worker ---
 # The worker's per-task statements are fixed SQL text run on a bare asyncpg connection, which
 # prepares each once per connection. Through SQLAlchemy each cost ~200 us of CPU in statement
