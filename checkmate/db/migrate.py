@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -19,28 +20,23 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the database to `revision` over one of the engine's connections."""
-
-    def _upgrade(sync_connection: object) -> None:
+async def _run(engine: AsyncEngine, step: Callable[[Config, str], None], revision: str) -> None:
+    def run_step(sync_connection: object) -> None:
         config = alembic_config()
         config.attributes["connection"] = sync_connection
-        command.upgrade(config, revision)
+        step(config, revision)
 
     async with engine.begin() as connection:
         # Two processes starting at once must not both run the DDL.
         await connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426818361)")
-        await connection.run_sync(_upgrade)
+        await connection.run_sync(run_step)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the database to `revision` over one of the engine's connections."""
+    await _run(engine, command.upgrade, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Take the database back to `revision` ("base" drops everything CheckMate created)."""
-
-    def _downgrade(sync_connection: object) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = sync_connection
-        command.downgrade(config, revision)
-
-    async with engine.begin() as connection:
-        await connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426818361)")
-        await connection.run_sync(_downgrade)
+    await _run(engine, command.downgrade, revision)
