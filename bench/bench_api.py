@@ -27,11 +27,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-from sqlalchemy.engine import make_url
 
+from bench.databases import admin, database_url, migrate
 from bench.seed import seed
-from checkmate.db.engine import asyncpg_dsn, create_engine
-from checkmate.db.migrate import upgrade
+from checkmate.db.engine import asyncpg_dsn
 
 DATABASE = "checkmate_bench_api"
 SCALARS = "id name queue status createdAt attempts"
@@ -43,25 +42,17 @@ PAGE_WITH_METADATA = (
 BIG = f"{{ tasks(maxResults: 10000) {{ nodes {{ {SCALARS} }} }} }}"
 
 
-def _database_url(server_url: str, database: str) -> str:
-    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
-
-
 async def prepare(server_url: str, rows: int, store_url: str, objects_for: int) -> str:
     """The bench database with `rows` tasks (seeded once, reused while the count matches)."""
-    url = _database_url(server_url, DATABASE)
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    url = database_url(server_url, DATABASE)
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-        if not exists:
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
     finally:
-        await admin.close()
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
+        await conn.close()
+    if not exists:
+        await admin(server_url, f'CREATE DATABASE "{DATABASE}"')
+    await migrate(url)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         count = await conn.fetchval("SELECT count(*) FROM tasks")

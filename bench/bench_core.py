@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
+from bench.databases import admin, database_url, fresh_database
 from bench.seed import seed
-from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded
-from checkmate.db.migrate import upgrade
+from checkmate.db.engine import asyncpg_dsn, start_embedded
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from checkmate.settings import HARD_MAX_RESULTS, Settings
@@ -40,27 +39,8 @@ BARE_CANCEL = (
 Row = tuple[str, float, str]
 
 
-def _url(server_url: str, database: str) -> str:
-    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
-
-
-async def _admin(server_url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def _template(server_url: str, name: str, rows: int, **seed_args: Any) -> str:
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
-    url = _url(server_url, name)
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
+    url = await fresh_database(server_url, name)
     await seed(url, rows, **seed_args)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -73,15 +53,15 @@ async def _template(server_url: str, name: str, rows: int, **seed_args: Any) -> 
 @asynccontextmanager
 async def _copy(server_url: str, template: str) -> AsyncIterator[str]:
     name = f"{template}_run"
-    await _admin(
+    await admin(
         server_url,
         f'DROP DATABASE IF EXISTS "{name}"',
         f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
     )
     try:
-        yield _url(server_url, name)
+        yield database_url(server_url, name)
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @asynccontextmanager
@@ -158,7 +138,7 @@ async def bench_list(server_url: str, rows: int, repeat: int, store_dir: Path) -
     await _template(
         server_url, "bench_core_list", rows, store_url=store_url, objects_for=100
     )
-    url = _url(server_url, "bench_core_list")
+    url = database_url(server_url, "bench_core_list")
     queries: dict[str, dict[str, Any]] = {
         "newest first": {},
         "oldest first": {"sort": "asc"},

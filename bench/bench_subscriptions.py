@@ -43,8 +43,8 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded
-from checkmate.db.migrate import upgrade
+from bench.databases import fresh_database
+from checkmate.db.engine import asyncpg_dsn, start_embedded
 from tests.subscription_support import ServerProcess, subscribe
 
 DATABASE = "checkmate_bench_subscriptions"
@@ -108,22 +108,6 @@ async def _subscribers(server: ServerProcess) -> float:
         if line.startswith("checkmate_event_subscribers "):
             return float(line.split()[1])
     return 0.0
-
-
-async def _prepare(server_url: str) -> str:
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    url = make_url(server_url).set(database=DATABASE).render_as_string(hide_password=False)
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -235,7 +219,7 @@ async def _main(args: argparse.Namespace) -> None:
               f"{'p99 ms':>8} {'max ms':>8} {'setup s':>7} {'RSS idle':>9} {'RSS open':>9} "
               f"{'RSS end':>8} {'srv CPU/change':>14}")
         for count in args.subscriptions:
-            url = await _prepare(server_url)
+            url = await fresh_database(server_url, DATABASE)
             result = await _run(url, data_dir, count, args)
             print(f"{result['subscriptions']:>6} {result['filter']:>8} {result['changes']:>7} "
                   f"{result['deliveries']:>10} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f} "

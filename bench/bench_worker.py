@@ -37,30 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from checkmate.db.engine import asyncpg_dsn, create_engine, start_embedded
-from checkmate.db.migrate import upgrade
+from bench.databases import fresh_database
+from checkmate.db.engine import asyncpg_dsn, start_embedded
 from checkmate.models import TaskObject
 from checkmate.store import TaskStore
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKMATE_DB = "bench_worker_checkmate"
 PROCRASTINATE_DB = "bench_worker_procrastinate"
-
-
-def _url(server_url: str, database: str) -> str:
-    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
-
-
-async def _fresh_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return _url(server_url, name)
 
 
 async def _wait_for(condition: Callable[[], Awaitable[bool]], within: float) -> None:
@@ -93,11 +78,6 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 
 async def _seed_checkmate(url: str, store_url: str, count: int) -> None:
     """`count` CREATED demo.pipeline tasks with stages=1, records and task objects."""
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         rows = await conn.fetch(
@@ -136,7 +116,7 @@ async def bench_checkmate(
     source: Path = REPO,
 ) -> float:
     """`source` is the source tree whose worker runs (the seeding and schema are this one's)."""
-    url = await _fresh_database(server_url, CHECKMATE_DB)
+    url = await fresh_database(server_url, CHECKMATE_DB)
     store = Path(tempfile.mkdtemp(prefix="bench-worker-store-", dir=store_root or work))
     try:
         return await _bench_checkmate(
@@ -216,7 +196,7 @@ async def _procrastinate_worker(url: str, concurrency: int) -> None:
 async def bench_procrastinate(
     server_url: str, work: Path, tasks: int, processes: int, concurrency: int
 ) -> float:
-    url = await _fresh_database(server_url, PROCRASTINATE_DB)
+    url = await fresh_database(server_url, PROCRASTINATE_DB, migrated=False)
     app = procrastinate_app(url)
     async with app.open_async():
         await app.schema_manager.apply_schema_async()

@@ -1,0 +1,42 @@
+"""Databases for the benches: each bench works in its own database on the given server."""
+
+from __future__ import annotations
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from checkmate.db.engine import asyncpg_dsn, create_engine
+from checkmate.db.migrate import upgrade
+
+
+def database_url(server_url: str, name: str) -> str:
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def admin(server_url: str, *statements: str) -> None:
+    """Run statements (CREATE/DROP DATABASE cannot run in a transaction) on the server."""
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def migrate(url: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+async def fresh_database(server_url: str, name: str, *, migrated: bool = True) -> str:
+    """Drop and recreate database `name` (migrated unless told otherwise); return its URL."""
+    await admin(
+        server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+    )
+    url = database_url(server_url, name)
+    if migrated:
+        await migrate(url)
+    return url
