@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Annotated
 
 import typer
@@ -35,6 +36,49 @@ def db_upgrade(revision: str = "head") -> None:
 
     asyncio.run(run())
     console.print(f"database at revision [bold]{revision}[/bold]")
+
+
+@db_app.command("stop")
+def db_stop(
+    force: Annotated[
+        bool, typer.Option(help="Stop it even while live CheckMate processes still use it.")
+    ] = False,
+) -> None:
+    """Stop the embedded PostgreSQL of the data dir (CHECKMATE_DATA_DIR).
+
+    Refused (exit 1) while live CheckMate processes use it, as they would lose their database;
+    processes that died without releasing it (kill -9, a closed terminal) do not count.
+    """
+    from checkmate.db import embedded_compat
+
+    settings = get_settings()
+    if settings.database_url:
+        typer.echo(
+            "CHECKMATE_DATABASE_URL is set: that database is not embedded and is left alone; "
+            "looking for an embedded server under the data dir only."
+        )
+    outcome = embedded_compat.stop(settings.resolved_data_dir, force=force)
+    users = ", ".join(str(pid) for pid in outcome.users)
+    if outcome.result == "in use":
+        typer.echo(
+            f"embedded PostgreSQL (pid {outcome.server_pid}) of {outcome.pgdata} is in use by "
+            f"CheckMate process(es) {users}: stop them first (it then stops with the last one), "
+            "or pass --force.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if outcome.result == "not running":
+        typer.echo(f"no embedded PostgreSQL is running for {outcome.pgdata}")
+        return
+    typer.echo(f"stopped embedded PostgreSQL (pid {outcome.server_pid}) of {outcome.pgdata}")
+    if outcome.users:
+        typer.echo(f"still using it, now without a database: {users}")
+
+
+def _hangup_as_terminate() -> None:
+    """A closed terminal (SIGHUP) ends the process the way SIGTERM does: a clean shutdown that
+    releases the embedded database, instead of the default death that leaves it running."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
 
 
 @app.command()
@@ -85,6 +129,7 @@ def serve(
     """Run the GraphQL API with uvicorn (embedded database when none is configured)."""
     import uvicorn
 
+    _hangup_as_terminate()
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(
         "server:create_app", factory=True, host=host, port=port, reload=reload,
@@ -101,9 +146,11 @@ def worker(
         float, typer.Option(min=0.1, help="Seconds between claims when no notification comes.")
     ] = 5.0,
 ) -> None:
-    """Claim and run queued tasks until SIGTERM or SIGINT (finishes current stages, requeues)."""
+    """Claim and run queued tasks until SIGTERM, SIGINT or SIGHUP (finishes current stages,
+    requeues)."""
     from checkmate.worker import run_worker
 
+    _hangup_as_terminate()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     raise typer.Exit(
         run_worker(
