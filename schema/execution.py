@@ -30,7 +30,6 @@ from graphql import (
     GraphQLString,
     is_leaf_type,
 )
-from graphql.pyutils import Path
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
@@ -38,6 +37,7 @@ from strawberry.types.field import StrawberryField
 from strawberry.types.graphql import OperationType
 
 from checkmate.gcpause import allocation_burst
+from schema.graphql_compat import Path
 
 # (response key, read the value from the source, complete the value, non-null, list of leaves,
 #  list items non-null)
