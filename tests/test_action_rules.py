@@ -96,76 +96,77 @@ Outcome = Applies | Fails
 
 # --- the table, row by row ---------------------------------------------------------------------
 
-C, X = BatchAction.CANCEL, BatchAction.UNLOCK
-CL, I = BatchAction.CLEAN, BatchAction.INVOKE
+CANCEL, UNLOCK = BatchAction.CANCEL, BatchAction.UNLOCK
+CLEAN, INVOKE = BatchAction.CLEAN, BatchAction.INVOKE
 DEL_LOCK, DEL_TASK = StoreEffect.DELETE_LOCK, StoreEffect.DELETE_TASK
 
 ROWS: list[tuple[str, BatchAction, Case, Outcome]] = [
     # cancel: non-terminal tasks -> CANCELED; terminal ones fail. The store is not consulted.
-    ("cancel created", C, Case(S.CREATED), Applies(S.CANCELED, db_effect=DbEffect.CANCEL)),
-    ("cancel queued", C, Case(S.QUEUED), Applies(S.CANCELED, db_effect=DbEffect.CANCEL)),
-    ("cancel running locked", C, Case(S.RUNNING, lock="fresh"),
+    ("cancel created", CANCEL, Case(S.CREATED), Applies(S.CANCELED, db_effect=DbEffect.CANCEL)),
+    ("cancel queued", CANCEL, Case(S.QUEUED), Applies(S.CANCELED, db_effect=DbEffect.CANCEL)),
+    ("cancel running locked", CANCEL, Case(S.RUNNING, lock="fresh"),
      Applies(S.CANCELED, db_effect=DbEffect.CANCEL)),
-    ("cancel completed", C, Case(S.COMPLETED), Fails(("terminal",))),
-    ("cancel error", C, Case(S.ERROR), Fails(("terminal",))),
-    ("cancel canceled", C, Case(S.CANCELED), Fails(("terminal",))),
-    ("cancel cleaned completed", C, Case(S.COMPLETED, cleaned=True), Fails(("terminal",))),
+    ("cancel completed", CANCEL, Case(S.COMPLETED), Fails(("terminal",))),
+    ("cancel error", CANCEL, Case(S.ERROR), Fails(("terminal",))),
+    ("cancel canceled", CANCEL, Case(S.CANCELED), Fails(("terminal",))),
+    ("cancel cleaned completed", CANCEL, Case(S.COMPLETED, cleaned=True), Fails(("terminal",))),
     # unlock: a lock object, or RUNNING without one for longer than the lock timeout.
-    ("unlock running stale", X, Case(S.RUNNING, lock="stale"),
+    ("unlock running stale", UNLOCK, Case(S.RUNNING, lock="stale"),
      Applies(S.ERROR, DEL_LOCK, DbEffect.WORKER_LOST, "went stale")),
-    ("unlock running unreadable", X, Case(S.RUNNING, lock="unreadable"),
+    ("unlock running unreadable", UNLOCK, Case(S.RUNNING, lock="unreadable"),
      Applies(S.ERROR, DEL_LOCK, DbEffect.WORKER_LOST, "unreadable")),
-    ("unlock running fresh", X, Case(S.RUNNING, lock="fresh"), Fails(("fresh",))),
-    ("unlock running fresh force", X, Case(S.RUNNING, lock="fresh", force=True),
+    ("unlock running fresh", UNLOCK, Case(S.RUNNING, lock="fresh"), Fails(("fresh",))),
+    ("unlock running fresh force", UNLOCK, Case(S.RUNNING, lock="fresh", force=True),
      Applies(S.ERROR, DEL_LOCK, DbEffect.WORKER_LOST, "by force")),
-    ("unlock running orphaned", X, Case(S.RUNNING, orphaned=True),
+    ("unlock running orphaned", UNLOCK, Case(S.RUNNING, orphaned=True),
      Applies(S.ERROR, None, DbEffect.WORKER_LOST, "without a lock")),
-    ("unlock running no lock recent", X, Case(S.RUNNING), Fails(("holds no lock",))),
-    ("unlock running no lock recent force", X, Case(S.RUNNING, force=True),
+    ("unlock running no lock recent", UNLOCK, Case(S.RUNNING), Fails(("holds no lock",))),
+    ("unlock running no lock recent force", UNLOCK, Case(S.RUNNING, force=True),
      Fails(("holds no lock",))),
-    ("unlock queued stale", X, Case(S.QUEUED, lock="stale"), Applies(S.QUEUED, DEL_LOCK)),
-    ("unlock completed stale", X, Case(S.COMPLETED, lock="stale"),
+    ("unlock queued stale", UNLOCK, Case(S.QUEUED, lock="stale"), Applies(S.QUEUED, DEL_LOCK)),
+    ("unlock completed stale", UNLOCK, Case(S.COMPLETED, lock="stale"),
      Applies(S.COMPLETED, DEL_LOCK)),
-    ("unlock error unreadable", X, Case(S.ERROR, lock="unreadable"), Applies(S.ERROR, DEL_LOCK)),
-    ("unlock canceled fresh", X, Case(S.CANCELED, lock="fresh"), Fails(("fresh",))),
-    ("unlock canceled fresh force", X, Case(S.CANCELED, lock="fresh", force=True),
+    ("unlock error unreadable", UNLOCK, Case(S.ERROR, lock="unreadable"),
+     Applies(S.ERROR, DEL_LOCK)),
+    ("unlock canceled fresh", UNLOCK, Case(S.CANCELED, lock="fresh"), Fails(("fresh",))),
+    ("unlock canceled fresh force", UNLOCK, Case(S.CANCELED, lock="fresh", force=True),
      Applies(S.CANCELED, DEL_LOCK)),
-    ("unlock queued orphaned no lock", X, Case(S.QUEUED, orphaned=True),
+    ("unlock queued orphaned no lock", UNLOCK, Case(S.QUEUED, orphaned=True),
      Fails(("holds no lock",))),
-    ("unlock completed no lock", X, Case(S.COMPLETED), Fails(("holds no lock",))),
+    ("unlock completed no lock", UNLOCK, Case(S.COMPLETED), Fails(("holds no lock",))),
     # clean: terminal, not cleaned, unlocked -> objects deleted, cleaned := true.
-    ("clean completed", CL, Case(S.COMPLETED), Applies(S.COMPLETED, DEL_TASK, DbEffect.CLEAN)),
-    ("clean error", CL, Case(S.ERROR), Applies(S.ERROR, DEL_TASK, DbEffect.CLEAN)),
-    ("clean canceled", CL, Case(S.CANCELED), Applies(S.CANCELED, DEL_TASK, DbEffect.CLEAN)),
-    ("clean object missing", CL, Case(S.COMPLETED, task_object="missing"),
+    ("clean completed", CLEAN, Case(S.COMPLETED), Applies(S.COMPLETED, DEL_TASK, DbEffect.CLEAN)),
+    ("clean error", CLEAN, Case(S.ERROR), Applies(S.ERROR, DEL_TASK, DbEffect.CLEAN)),
+    ("clean canceled", CLEAN, Case(S.CANCELED), Applies(S.CANCELED, DEL_TASK, DbEffect.CLEAN)),
+    ("clean object missing", CLEAN, Case(S.COMPLETED, task_object="missing"),
      Applies(S.COMPLETED, DEL_TASK, DbEffect.CLEAN, "missing")),
-    ("clean object unreadable", CL, Case(S.ERROR, task_object="unreadable"),
+    ("clean object unreadable", CLEAN, Case(S.ERROR, task_object="unreadable"),
      Applies(S.ERROR, DEL_TASK, DbEffect.CLEAN, "unreadable")),
-    ("clean unknown kind", CL, Case(S.CANCELED, known_kind=False),
+    ("clean unknown kind", CLEAN, Case(S.CANCELED, known_kind=False),
      Applies(S.CANCELED, DEL_TASK, DbEffect.CLEAN)),
-    ("clean created", CL, Case(S.CREATED), Fails(("only terminal",))),
-    ("clean queued", CL, Case(S.QUEUED), Fails(("only terminal",))),
-    ("clean running", CL, Case(S.RUNNING, lock="fresh"), Fails(("only terminal", "locked"))),
-    ("clean cleaned", CL, Case(S.COMPLETED, cleaned=True), Fails(("already cleaned",))),
-    ("clean fresh lock", CL, Case(S.COMPLETED, lock="fresh"), Fails(("locked",))),
-    ("clean stale lock", CL, Case(S.ERROR, lock="stale"), Fails(("locked",))),
-    ("clean unreadable lock", CL, Case(S.ERROR, lock="unreadable"), Fails(("locked",))),
-    ("clean locked force", CL, Case(S.ERROR, lock="fresh", force=True), Fails(("locked",))),
+    ("clean created", CLEAN, Case(S.CREATED), Fails(("only terminal",))),
+    ("clean queued", CLEAN, Case(S.QUEUED), Fails(("only terminal",))),
+    ("clean running", CLEAN, Case(S.RUNNING, lock="fresh"), Fails(("only terminal", "locked"))),
+    ("clean cleaned", CLEAN, Case(S.COMPLETED, cleaned=True), Fails(("already cleaned",))),
+    ("clean fresh lock", CLEAN, Case(S.COMPLETED, lock="fresh"), Fails(("locked",))),
+    ("clean stale lock", CLEAN, Case(S.ERROR, lock="stale"), Fails(("locked",))),
+    ("clean unreadable lock", CLEAN, Case(S.ERROR, lock="unreadable"), Fails(("locked",))),
+    ("clean locked force", CLEAN, Case(S.ERROR, lock="fresh", force=True), Fails(("locked",))),
     # invoke: CREATED/ERROR/CANCELED, not cleaned, unlocked, known kind, task object readable.
-    ("invoke created", I, Case(S.CREATED), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
-    ("invoke error", I, Case(S.ERROR), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
-    ("invoke canceled", I, Case(S.CANCELED), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
-    ("invoke queued", I, Case(S.QUEUED), Fails(("only CREATED, ERROR or CANCELED",))),
-    ("invoke running", I, Case(S.RUNNING), Fails(("only CREATED, ERROR or CANCELED",))),
-    ("invoke completed", I, Case(S.COMPLETED), Fails(("only CREATED, ERROR or CANCELED",))),
-    ("invoke cleaned", I, Case(S.ERROR, cleaned=True), Fails(("cleaned",))),
-    ("invoke locked", I, Case(S.CANCELED, lock="stale"), Fails(("locked",))),
-    ("invoke unreadable lock", I, Case(S.ERROR, lock="unreadable"), Fails(("locked",))),
-    ("invoke object missing", I, Case(S.ERROR, task_object="missing"),
+    ("invoke created", INVOKE, Case(S.CREATED), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
+    ("invoke error", INVOKE, Case(S.ERROR), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
+    ("invoke canceled", INVOKE, Case(S.CANCELED), Applies(S.QUEUED, db_effect=DbEffect.QUEUE)),
+    ("invoke queued", INVOKE, Case(S.QUEUED), Fails(("only CREATED, ERROR or CANCELED",))),
+    ("invoke running", INVOKE, Case(S.RUNNING), Fails(("only CREATED, ERROR or CANCELED",))),
+    ("invoke completed", INVOKE, Case(S.COMPLETED), Fails(("only CREATED, ERROR or CANCELED",))),
+    ("invoke cleaned", INVOKE, Case(S.ERROR, cleaned=True), Fails(("cleaned",))),
+    ("invoke locked", INVOKE, Case(S.CANCELED, lock="stale"), Fails(("locked",))),
+    ("invoke unreadable lock", INVOKE, Case(S.ERROR, lock="unreadable"), Fails(("locked",))),
+    ("invoke object missing", INVOKE, Case(S.ERROR, task_object="missing"),
      Fails(("missing from the store; clean it",))),
-    ("invoke object unreadable", I, Case(S.CANCELED, task_object="unreadable"),
+    ("invoke object unreadable", INVOKE, Case(S.CANCELED, task_object="unreadable"),
      Fails(("unreadable (bad json); clean it",))),
-    ("invoke unknown kind", I, Case(S.CREATED, known_kind=False),
+    ("invoke unknown kind", INVOKE, Case(S.CREATED, known_kind=False),
      Fails((f"unknown task kind {UNKNOWN_KIND!r}",))),
 ]
 
@@ -261,7 +262,7 @@ def expect_invoke(case: Case) -> Outcome:
 
 
 ORACLE: dict[BatchAction, Callable[[Case], Outcome]] = {
-    C: expect_cancel, X: expect_unlock, CL: expect_clean, I: expect_invoke,
+    CANCEL: expect_cancel, UNLOCK: expect_unlock, CLEAN: expect_clean, INVOKE: expect_invoke,
 }
 
 EVERY_CASE = [
@@ -312,11 +313,11 @@ def test_skipped_store_reads_never_change_a_decision(action: BatchAction) -> Non
 
 
 def test_a_decision_result_reports_the_statuses_and_reason() -> None:
-    applied = decide(I, Case(S.ERROR)).result()
+    applied = decide(INVOKE, Case(S.ERROR)).result()
     assert (applied.task_id, applied.previous_status, applied.status, applied.error) == (
         str(TASK_ID), S.ERROR, S.QUEUED, None
     )
-    failed = decide(CL, Case(S.RUNNING)).result()
+    failed = decide(CLEAN, Case(S.RUNNING)).result()
     assert (failed.previous_status, failed.status) == (S.RUNNING, S.RUNNING)
     assert failed.error is not None
     assert "only terminal" in failed.error
