@@ -15,6 +15,7 @@ from checkmate.db.tables import EVENTS_CHANNEL, QUEUED_CHANNEL
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from tests.core_helpers import TaskSpec, insert_records, make_tasks
+from tests.support import TaskRow, insert_task_rows
 
 S = StageStatus
 
@@ -79,11 +80,12 @@ async def test_raw_update_of_500_rows_sends_one_notification(
 async def test_insert_writes_one_event_per_row_and_one_notification(
     raw_conn: asyncpg.Connection, listener: Listener
 ) -> None:
-    await raw_conn.execute(
-        "INSERT INTO tasks (name, queue, status) "
-        "SELECT 'demo.pipeline', 'q' || (i % 2), "
-        "CASE WHEN i % 3 = 0 THEN 'QUEUED' ELSE 'CREATED' END "
-        "FROM generate_series(1, 300) AS i"
+    await insert_task_rows(
+        raw_conn,
+        [
+            TaskRow(queue=f"q{i % 2}", status="QUEUED" if i % 3 == 0 else "CREATED")
+            for i in range(1, 301)
+        ],
     )
     payloads = await listener.settle(EVENTS_CHANNEL, 1)
     events = await raw_conn.fetch("SELECT * FROM status_events ORDER BY id")

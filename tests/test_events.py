@@ -19,6 +19,7 @@ from checkmate.db.engine import asyncpg_dsn
 from checkmate.events import EventHub, SubscriberLagging, TaskFacts, _Snapshot, matches
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
+from tests.support import TaskRow, insert_task_rows
 
 Events = AsyncGenerator[StatusEvent, None]
 
@@ -36,12 +37,8 @@ async def new_tasks(
     conn: asyncpg.Connection, count: int, *, name: str = "demo", queue: str = "default",
     tags: tuple[str, ...] = (),
 ) -> list[UUID]:
-    rows = await conn.fetch(
-        "INSERT INTO tasks (name, queue, tags) SELECT $1, $2, $3 FROM generate_series(1, $4)"
-        " RETURNING id",
-        name, queue, list(tags), count,
-    )
-    return [row["id"] for row in rows]
+    rows = [TaskRow(name=name, queue=queue, tags=tags) for _ in range(count)]
+    return await insert_task_rows(conn, rows)
 
 
 async def set_status(conn: asyncpg.Connection, ids: list[UUID], status: StageStatus) -> None:
