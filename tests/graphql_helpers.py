@@ -4,7 +4,7 @@ write tasks exactly as the service and a worker leave them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from server import create_app
-from tests.support import TaskRow, insert_task_rows
+from tests.support import TaskRow, bounded, insert_task_rows
 
 
 @dataclass
@@ -52,10 +52,14 @@ class Api:
 @asynccontextmanager
 async def running_api(settings: Settings) -> AsyncIterator[Api]:
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(app, client)
+    async with AsyncExitStack() as lifespan:
+        await lifespan.enter_async_context(app.router.lifespan_context(app))
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                yield Api(app, client)
+        finally:
+            await bounded(lifespan.aclose(), "the app's shutdown (EventHub.stop, service.close)")
 
 
 async def insert_tasks(
