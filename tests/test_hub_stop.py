@@ -47,7 +47,7 @@ async def test_stop_ends_when_a_notification_wakes_the_reader_as_it_stops(
     try:
         hub._wake.set()  # a notification arrives ...
         stopping = asyncio.ensure_future(hub.stop())  # ... as the hub stops
-        await asyncio.wait({stopping}, timeout=5)
+        await asyncio.wait({stopping}, timeout=2)
         # (stop() suppresses the CancelledError of the tasks it awaits, its own included, so
         # wait_for could not bound it: it would return late, with the read loop still running.)
         assert stopping.done(), "EventHub.stop() did not end"
@@ -58,6 +58,6 @@ async def test_stop_ends_when_a_notification_wakes_the_reader_as_it_stops(
             while not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=0.1)
-        await asyncio.wait({stopping}, timeout=5)
+        await asyncio.wait({stopping}, timeout=2)
         with contextlib.suppress(Exception):
             await hub._close_listen()
