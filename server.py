@@ -40,6 +40,7 @@ from checkmate.settings import Settings
 from schema import schema
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.graphiql import graphiql_assets, graphiql_page
 from schema.metrics import LATENCY, REQUESTS
 
 log = logging.getLogger("checkmate.api")
@@ -125,6 +126,9 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.broadcast = Broadcast(self.schema)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page(request)
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
@@ -289,6 +293,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(MetricsMiddleware)
