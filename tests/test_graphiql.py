@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
@@ -50,6 +51,18 @@ async def test_the_page_names_no_other_host(settings: Any) -> None:
         if name.endswith(".css"):  # fonts and images inlined, none fetched
             urls = re.findall(r"url\(\s*['\"]?([^'\")]*)", (ASSETS / name).read_text())
             assert all(url.startswith("data:") for url in urls), name
+
+
+async def test_behind_a_path_prefix_the_page_points_under_it(settings: Any) -> None:
+    """A proxy serving the API under /checkmate (uvicorn --root-path /checkmate)."""
+    async with running_api(settings) as api:
+        transport = httpx.ASGITransport(app=api.app, root_path="/checkmate")
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            html = (await client.get("/checkmate/graphql", headers=BROWSER_GET)).text
+            script = re.search(r'src="([^"]*/react.production.min.js)"', html)
+            assert script is not None
+            assert script[1] == f"/checkmate{ASSETS_PATH}/react.production.min.js"
+            assert (await client.get(script[1])).status_code == 200
 
 
 async def test_assets_answer_with_immutable_caching_and_gzip(settings: Any) -> None:
