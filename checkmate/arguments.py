@@ -50,8 +50,8 @@ FILTER_FIELDS = _FILTER_KEYWORDS | {"ids"}
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def text(name: str, value: Any, *, path: str = "", empty: bool = True) -> str:

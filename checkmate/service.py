@@ -7,7 +7,6 @@ batch engine is checkmate.batch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -27,9 +26,8 @@ from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection
 from checkmate.db import queries
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
-from checkmate.errors import Arg, ServiceError, bad_argument
+from checkmate.errors import Arg, ServiceError
 from checkmate.models import (
-    STATUS_BY_VALUE,
     CheckMateTask,
     SortOrder,
     StageMetadata,
@@ -38,8 +36,8 @@ from checkmate.models import (
     TaskLock,
     TaskObject,
     TaskPage,
-    trusted,
 )
+from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
 from checkmate.settings import Settings, get_settings
 from checkmate.store import TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules
@@ -72,55 +70,6 @@ class TaskObjects:
 
 ObjectPart = Literal["params", "metadata", "lock"]
 OBJECT_PARTS: frozenset[ObjectPart] = frozenset(("params", "metadata", "lock"))
-
-
-def encode_cursor(task: CheckMateTask) -> str:
-    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str, name: str = "after") -> tuple[datetime, UUID]:
-    arguments.text(name, cursor)
-    try:
-        created_at, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(created_at), UUID(task_id)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_argument(
-            name, f"must be a cursor returned by this API (got {cursor!r})"
-        ) from None
-
-
-# Every field of the model, None where a row has no such column (a narrowed read).
-_TASK_DEFAULTS: dict[str, Any] = {
-    name: None if field.is_required() else field.default
-    for name, field in CheckMateTask.model_fields.items()
-}
-# Always read: the cursor is made of them.
-_KEY_COLUMNS = ("id", "created_at")
-
-
-def _columns_for(fields: Collection[str]) -> builtins.list[str]:
-    wanted = set(fields) | set(_KEY_COLUMNS)
-    return [name for name in queries.TASK_COLUMN_NAMES if name in wanted]
-
-
-def _tasks_from_rows(rows: Sequence[Any]) -> builtins.list[CheckMateTask]:
-    """Models of tasks rows, unvalidated: the columns already have the fields' types (the
-    table's constraints hold them) except status, text in the row. Validation cost more than
-    the SQL and the GraphQL execution of a 10,000-task page together."""
-    if not rows:
-        return []
-    fields = rows[0]._fields  # a property that builds a tuple: once, not per row
-    fields_set = set(fields)
-    with_status = "status" in fields_set
-    tasks = []
-    for row in rows:
-        values = _TASK_DEFAULTS.copy()
-        values.update(zip(fields, row, strict=True))
-        if with_status:
-            values["status"] = STATUS_BY_VALUE[values["status"]]
-        tasks.append(trusted(CheckMateTask, values, fields_set.copy()))
-    return tasks
 
 
 class CheckMateService:
@@ -173,12 +122,12 @@ class CheckMateService:
         limit = arguments.max_results(max_results, self.settings.max_results_cap)
         keyset = None if after is None else decode_cursor(after)
         with_objects = arguments.flag("include_metadata", include_metadata)
-        columns = None if fields is None else _columns_for(arguments.texts("fields", fields) or ())
+        columns = None if fields is None else columns_for(arguments.texts("fields", fields) or ())
         async with self._connect() as conn:
             rows = await queries.select_tasks(
                 conn, checked, sort=order, limit=limit + 1, after=keyset, columns=columns
             )
-        tasks = _tasks_from_rows(rows[:limit])
+        tasks = tasks_from_rows(rows[:limit])
         if with_objects:
             await self._attach_objects(tasks)
         return TaskPage(
@@ -240,7 +189,7 @@ class CheckMateService:
             row = await queries.select_task(conn, parsed)
         if row is None:
             return None
-        [task] = _tasks_from_rows([row])
+        [task] = tasks_from_rows([row])
         if with_objects:
             await self._attach_objects([task])
         return task
@@ -342,7 +291,7 @@ class CheckMateService:
         except BaseException:
             await self.store.delete_task(task_id)
             raise
-        [task] = _tasks_from_rows([row])
+        [task] = tasks_from_rows([row])
         task.params, task.metadata, task.lock_detected = clean_params, [], False
         return task
 
