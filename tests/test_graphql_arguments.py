@@ -17,7 +17,7 @@ from checkmate.models import StageStatus
 from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, dump_database, dump_store, make_tasks
-from tests.graphql_helpers import Api, running_api
+from tests.graphql_helpers import Api, insert_tasks, running_api
 
 NUL = "a\x00b"
 TASKS = "query($v: String!) { tasks(filter: {%s}) { nodes { id } } }"
@@ -172,3 +172,20 @@ async def test_numbers_beyond_int_are_client_errors(api: Api, statements: list[s
         assert "32-bit" in error["message"]
         assert body.get("data") is None
     assert statements == []
+
+
+@pytest.mark.parametrize("mutation", ["cleanTasks", "invokeTasks"])
+async def test_clean_and_invoke_take_sort(
+    api: Api, raw_conn: asyncpg.Connection, mutation: str
+) -> None:
+    """As the contract says, like cancelTasks and unlockTasks: which end of the filter a
+    limited batch takes."""
+    oldest, _, newest = await insert_tasks(raw_conn, 3, statuses=("COMPLETED",))
+    query = (
+        "mutation($sort: SortOrder) { " + mutation + '(filter: {queue: "default"}, sort: $sort, '
+        "maxResults: 1) { succeeded { taskId } failed { taskId } } }"
+    )
+    for sort, expected in (("ASC", oldest), ("DESC", newest), (None, newest)):
+        outcome = (await api.data(query, {"sort": sort}))[mutation]
+        chosen = [r["taskId"] for r in [*outcome["succeeded"], *outcome["failed"]]]
+        assert chosen == [str(expected)], sort

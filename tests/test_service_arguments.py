@@ -10,10 +10,12 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from checkmate.models import StageStatus, TaskFilter
 from checkmate.service import CheckMateService, ServiceError
 from checkmate.settings import Settings
+from checkmate.tasks import TaskKind, TaskKindError
 
 NAIVE = datetime(2026, 1, 1)
 GOOD_ID = str(uuid4())
@@ -229,3 +231,19 @@ async def test_statuses_are_case_insensitive(service: CheckMateService) -> None:
     selection = service.select(status="running", statuses=["error", StageStatus.CANCELED])
     assert selection.task_filter.status is StageStatus.RUNNING
     assert selection.task_filter.statuses == (StageStatus.ERROR, StageStatus.CANCELED)
+
+
+def test_user_kinds_refuse_undeclared_params_unless_their_model_allows_them() -> None:
+    class Strict(BaseModel):
+        rows: int = 1
+
+    class Loose(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        rows: int = 1
+
+    strict = TaskKind("test.strict", params_model=Strict)
+    with pytest.raises(TaskKindError, match=r"unknown key 'rowz' .*\(allowed: rows\)"):
+        strict.validate_params({"rowz": 2})
+    assert strict.validate_params({"rows": 2}) == {"rows": 2}
+    loose = TaskKind("test.loose", params_model=Loose)
+    assert loose.validate_params({"rowz": 2}) == {"rows": 1, "rowz": 2}
