@@ -3,9 +3,11 @@ asyncio.wait_for swallows a cancellation that arrives in the same loop iteration
 waits for (it returns the result instead: fixed in 3.12, which rebuilt wait_for on
 asyncio.timeout). The read loop waits with `wait_for(self._wake.wait(), ...)`, so a
 notification that wakes it just as stop() cancels it leaves it running forever, and stop() with
-it (stop() also suppresses its own cancellation, so an outer timeout cannot end it either). The
-likely cause of the suite's hang in an app fixture's teardown (the lifespan stops the hub right
-after a test's writes notified it). Every teardown that stops a hub is now bounded
+it (stop() also suppresses its own cancellation, so an outer timeout cannot end it either).
+No notification is even needed: start() sets the wake-up event itself, so an app whose lifespan
+stops the hub right after starting it (a test that only GETs a page) hits it. That is what hung
+the suite in an app fixture's teardown; the bounded teardown caught it once since, in
+test_graphiql.py::test_the_page_names_no_other_host. Every teardown that stops a hub is now bounded
 (tests/support.py: bounded), so such a hang fails that test instead of stalling the suite; this
 test pins the cause until the hub ends its loops for sure (e.g. cancel again until each task is
 done, or loops that check `_closed`), then its xfail marker goes."""
