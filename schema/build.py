@@ -11,7 +11,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 
 from schema.errors import ErrorCodes
-from schema.execution import AllocationBurst, PlainLeavesExecutionContext
+from schema.execution import PlainLeavesExecutionContext
 from schema.resolvers import Mutation, Query, Subscription
 
 # Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
@@ -50,7 +50,6 @@ def build_schema(*, fast_leaves: bool = True) -> CheckMateSchema:
             lambda: QueryParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
             ErrorCodes,
-            AllocationBurst,
         ],
     )
 
