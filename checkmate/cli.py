@@ -148,6 +148,8 @@ def serving_app() -> Starlette:
     from server import create_app
 
     apply_process_policy()
+    # Also here: with --reload this is a child process, which a closed terminal hangs up too.
+    _hangup_as_terminate()
     return create_app()
 
 
