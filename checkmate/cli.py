@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkmate.cli_tokens import token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
 from checkmate.models import StageStatus
@@ -19,6 +20,7 @@ from checkmate.settings import get_settings
 app = typer.Typer(help="CheckMate: operate pipeline tasks at scale.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 console = Console()
 
 
