@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
     any_,
     bindparam,
@@ -45,7 +46,7 @@ async def insert_token(conn: AsyncConnection, name: str, role: str, token_hash: 
 
 
 async def select_tokens(conn: AsyncConnection, *, include_revoked: bool) -> Sequence[Row[Any]]:
-    query = select(*TOKEN_LISTING).order_by(api_tokens.c.created_at, api_tokens.c.id)
+    query: Select[Any] = select(*TOKEN_LISTING).order_by(api_tokens.c.created_at, api_tokens.c.id)
     if not include_revoked:
         query = query.where(api_tokens.c.revoked_at.is_(None))
     rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
@@ -63,9 +64,8 @@ async def revoke_token(conn: AsyncConnection, name: str) -> bool:
 
 async def select_active_token_hashes(conn: AsyncConnection) -> Sequence[Row[Any]]:
     """(token_hash, name, role) of every token not revoked: the verify cache's snapshot."""
-    query = select(api_tokens.c.token_hash, api_tokens.c.name, api_tokens.c.role).where(
-        api_tokens.c.revoked_at.is_(None)
-    )
+    columns = (api_tokens.c.token_hash, api_tokens.c.name, api_tokens.c.role)
+    query: Select[Any] = select(*columns).where(api_tokens.c.revoked_at.is_(None))
     rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
     return rows
 
