@@ -33,13 +33,17 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
+from checkmate.access import AccessControl
 from checkmate.events import EventHub
 from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
-from checkmate.settings import Settings
-from schema import schema
+from checkmate.settings import Settings, get_settings
+from schema import build_schema
+from schema.access import ConnectionWatch, authenticate_connection, error_body
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.http_gates import AuthenticationGate, BodySizeLimit
+from schema.limits import Limits
 from schema.metrics import LATENCY, REQUESTS
 
 log = logging.getLogger("checkmate.api")
@@ -88,8 +92,43 @@ def _sink(
     )
 
 
+TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+# Close code of a websocket whose token stopped being valid (graphql-transport-ws' 4401).
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def _limit_error(limit: int) -> dict[str, Any]:
+    return error_body(
+        f"at most {limit} operations at once on one connection", TOO_MANY_SUBSCRIPTIONS
+    )
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_subscribe(self, message: Any) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and limit is not None
+            and message.get("id") not in self.operations
+            and len(self.operations) >= limit
+        ):
+            refusal: Any = {"id": message["id"], "type": "error", "payload": [_limit_error(limit)]}
+            await self.send_message(refusal)
+            return
+        await super().handle_subscribe(message)
+
+    async def end(self, error: dict[str, Any]) -> None:
+        """Every operation ends with `error`, then the socket closes (token revoked)."""
+        for operation in list(self.operations.values()):
+            ending: Any = {"id": operation.id, "type": "error", "payload": [error]}
+            await operation.send_operation_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         sink = _sink(
@@ -103,6 +142,30 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
 
 class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     """graphql-ws (subscriptions-transport-ws), the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_start(self, message: Any) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and limit is not None
+            and message.get("id") not in self.tasks
+            and len(self.tasks) >= limit
+        ):
+            refusal: Any = {"type": "error", "id": message["id"], "payload": _limit_error(limit)}
+            await self.send_message(refusal)
+            return
+        await super().handle_start(message)
+
+    async def end(self, error: dict[str, Any]) -> None:
+        for operation_id in list(self.tasks):
+            self.tasks.pop(operation_id).cancel()
+            ending: Any = {"type": "error", "id": operation_id, "payload": error}
+            await self.send_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def handle_async_results(
         self,
@@ -146,7 +209,16 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
             request=request,
             response=response,
             cache_loads=isinstance(request, Request),
+            # HTTP: set by AuthenticationGate; websockets: by on_ws_connect.
+            principal=request.scope.get("state", {}).get("principal"),
         )
+
+    async def on_ws_connect(self, context: GraphQLContext) -> None:
+        """connection_init: the token in its payload decides before anything else runs."""
+        state = context.request.app.state
+        context.principal = await authenticate_connection(state.access, context.connection_params)
+        handler = context.ws_handler
+        state.connection_watch.add(handler, context.principal, handler.end)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
@@ -267,22 +339,39 @@ def _gc_threshold(threshold: tuple[int, int, int]) -> Iterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The app; its lifespan opens the service (database and store) and the event hub."""
+    """The app; its lifespan opens the service (database and store), the event hub and the
+    token snapshot."""
+    settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
         hub = EventHub(service)
+        access = AccessControl(service.engine, ttl=settings.token_cache_ttl)
+        watch = ConnectionWatch(access, interval=settings.token_cache_ttl)
         try:
             await hub.start()
             app.state.service, app.state.hub = service, hub
+            app.state.access, app.state.connection_watch = access, watch
+            if await access.is_open():
+                log.warning(
+                    "access is open: no API token exists, every client is an operator; "
+                    "create one with: checkmate token create --role operator --name NAME"
+                )
+            watch.start()
             with _gc_threshold(GC_THRESHOLD):
                 yield
         finally:
+            await watch.stop()
             await hub.stop()
             await service.close()
 
-    graphql = GraphQLRouter(schema, keep_alive=True, keep_alive_interval=15)
+    graphql = GraphQLRouter(
+        build_schema(limits=Limits.from_settings(settings)),
+        keep_alive=True,
+        keep_alive_interval=15,
+    )
+    graphql.max_subscriptions_per_connection = settings.max_subscriptions_per_connection
     routes = [
         Route("/graphql", graphql, methods=None),
         WebSocketRoute("/graphql", graphql),
@@ -291,5 +380,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    # The last added runs first: metrics see every answer; a request is authenticated from its
+    # headers before its body is read; the body is bounded before GraphQL parses it.
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AuthenticationGate, access=lambda: app.state.access)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -7,7 +7,7 @@ lets the hash itself be the lookup key.
 
 Verification costs no query per request: each process holds a snapshot of the active tokens'
 hashes, reloaded when older than `ttl` seconds (and at most every MISS_REFRESH seconds when an
-unknown token is presented, so a just-created token works at once). A revoked token therefore
+unknown token is presented, so a just-created token works within 0.1 s). A revoked token therefore
 stops working everywhere within `ttl`; open websockets are re-checked on the same clock
 (schema.access). last_used_at is written in one statement per reload, not per request.
 """
@@ -34,9 +34,9 @@ log = logging.getLogger("checkmate.access")
 
 TOKEN_PREFIX = "cm_"
 TOKEN_BYTES = 32
-# Seconds between reloads caused by unknown tokens: a flood of bad tokens costs at most a few
-# queries per second, not one per request.
-MISS_REFRESH = 0.5
+# Seconds between reloads caused by unknown tokens: a new token works within this, and a flood
+# of bad tokens costs at most 1/MISS_REFRESH small queries per second, not one per request.
+MISS_REFRESH = 0.1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 LOCAL_ACTOR = "local"

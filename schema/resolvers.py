@@ -7,11 +7,13 @@ from typing import Annotated, Any, cast
 import strawberry
 from strawberry import UNSET
 
+from checkmate.access import Action
 from checkmate.actions import BatchAction
 from checkmate.models import StageStatus as Status
 from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
+from schema.access import ALLOWED
 from schema.broadcast import current_sink
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
 from schema.selection import task_fields
@@ -104,7 +106,7 @@ async def _batch(
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[ALLOWED[Action.CREATE]])
     async def create_task(self, info: Ctx, input: CreateTaskInput) -> CheckMateTask:
         task = await info.context.service.create(
             input.name,
@@ -120,6 +122,7 @@ class Mutation:
         return cast(CheckMateTask, task)
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.CANCEL]],
         description=(
             "Set matching non-terminal tasks to CANCELED. Terminal tasks are left as they are "
             "and reported in failed."
@@ -140,7 +143,10 @@ class Mutation:
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
         )
 
-    @strawberry.mutation(description="Remove lock files of matching tasks.")
+    @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.UNLOCK]],
+        description="Remove lock files of matching tasks.",
+    )
     async def unlock_tasks(
         self,
         info: Ctx,
@@ -159,6 +165,7 @@ class Mutation:
         )
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.CLEAN]],
         description=(
             "Remove persisted task objects and metadata of cleanable tasks and mark their "
             "records cleaned."
@@ -179,6 +186,7 @@ class Mutation:
         )
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.INVOKE]],
         description=(
             "Queue matching tasks for execution; a task resumes after its last completed stage."
         )

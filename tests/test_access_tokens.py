@@ -116,7 +116,7 @@ async def test_snapshot_costs_no_query_per_request_and_revocation_lands_within_t
         await other.authenticate(f"Bearer {secret}")
 
 
-async def test_unknown_tokens_reload_at_most_every_half_second(
+async def test_unknown_tokens_reload_at_most_every_tenth_of_a_second(
     service: CheckMateService, access: AccessControl, clock: Clock
 ) -> None:
     await access.create("a", "viewer")
@@ -126,13 +126,13 @@ async def test_unknown_tokens_reload_at_most_every_half_second(
         with pytest.raises(AccessError):
             await access.authenticate("Bearer cm_guess")
     assert access.reloads == reloads
-    clock.now += 0.5
+    clock.now += 0.1
     with pytest.raises(AccessError):
         await access.authenticate("Bearer cm_guess")
     assert access.reloads == reloads + 1
     # A token created by another process works on first use (the miss reloads).
     fresh = await AccessControl(service.engine).create("c", "operator")
-    clock.now += 0.5
+    clock.now += 0.1
     assert (await access.authenticate(f"Bearer {fresh}")).name == "c"
 
 
