@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from checkmate.cli_tokens import token_app
+from checkmate.cli_tokens import refuse_open_network_bind, token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
 from checkmate.models import StageStatus
@@ -83,10 +83,18 @@ def serve(
             ),
         ),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="CHECKMATE_INSECURE",
+            help="Serve a non-loopback address even while no API token exists (open access).",
+        ),
+    ] = False,
 ) -> None:
     """Run the GraphQL API with uvicorn (embedded database when none is configured)."""
     import uvicorn
 
+    refuse_open_network_bind(host, insecure)
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(
         "server:create_app", factory=True, host=host, port=port, reload=reload,

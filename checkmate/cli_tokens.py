@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -37,6 +38,29 @@ def _run(command: Callable[[AccessControl], Awaitable[T]]) -> T:
 
 def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def refuse_open_network_bind(host: str, insecure: bool) -> None:
+    """`checkmate serve` on a non-loopback address while no token exists would give every
+    client on the network the operator role: exit 2 unless the operator said --insecure."""
+    if insecure or is_loopback(host):
+        return
+    if _run(lambda access: access.is_open()):
+        errors.print(
+            f"refusing to serve on {host} with open access (no API token exists): create one "
+            "with 'checkmate token create --role operator --name NAME', or pass --insecure",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 
 @token_app.command("create")
