@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate import actions
+from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import (
     NO_FACTS,
     BatchAction,
@@ -26,6 +27,14 @@ from checkmate.actions import (
     Rules,
     StoreEffect,
     StoreFacts,
+)
+from checkmate.audit import (
+    AuditInputError,
+    AuditPage,
+    AuditRecord,
+    check_reason,
+    read_audit_page,
+    split_ids,
 )
 from checkmate.db import queries
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
@@ -353,6 +362,26 @@ class CheckMateService:
             task.lock_detected = found.lock_detected
             task.stage_status = found.metadata[-1].status if found.metadata else None
 
+    async def audit_log(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        max_results: int | None = 100,
+        after: str | None = None,
+    ) -> AuditPage:
+        """The audit trail, newest first (see checkmate.audit)."""
+        limit = self._check_max_results(max_results)
+        try:
+            return await read_audit_page(
+                self.engine, since=since, until=until, action=action, actor=actor,
+                max_results=limit, after=after,
+            )
+        except AuditInputError as error:
+            raise ServiceError(str(error)) from None
+
     async def ping(self) -> None:
         """Raise ServiceError(UNAVAILABLE) when the database does not answer (readiness)."""
         async with self._connect() as conn:
@@ -367,8 +396,15 @@ class CheckMateService:
         tags: Sequence[str] | None = None,
         params: dict[str, Any] | None = None,
         invoke: bool = False,
+        *,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
     ) -> CheckMateTask:
-        """Record a task of a registered kind and write its task object; QUEUED if invoke."""
+        """Record a task of a registered kind and write its task object; QUEUED if invoke.
+        The audit row (actor, reason) is written in the same transaction as the record."""
+        audit = _audit_record(
+            "CREATE", {"name": name, "queue": queue, "invoke": invoke}, actor, reason
+        )
         try:
             kind = get_kind(name)
             clean_params = kind.validate_params(params)
@@ -396,6 +432,7 @@ class CheckMateService:
         try:
             async with self._connect() as conn:
                 row = await queries.insert_task(conn, values)
+                await audit.open(conn, succeeded=[task_id])
                 await conn.commit()
         except BaseException:
             await self.store.delete_task(task_id)
@@ -415,12 +452,14 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Any,
     ) -> BatchResults:
         """Set non-terminal tasks to CANCELED; terminal tasks go to failed, unchanged."""
         return await self._batch(
             BatchAction.CANCEL, task_ids, task_filter, filters, sort, max_results, dry_run,
-            db_transact,
+            db_transact, actor=actor, reason=reason,
         )
 
     async def unlock(
@@ -433,12 +472,14 @@ class CheckMateService:
         db_transact: bool = True,
         force: bool = False,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Any,
     ) -> BatchResults:
         """Delete lock objects; a RUNNING task whose worker is lost becomes ERROR."""
         return await self._batch(
             BatchAction.UNLOCK, task_ids, task_filter, filters, sort, max_results, dry_run,
-            db_transact, force=force,
+            db_transact, force=force, actor=actor, reason=reason,
         )
 
     async def clean(
@@ -450,12 +491,14 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Any,
     ) -> BatchResults:
         """Delete the store objects of terminal, unlocked tasks, then mark them cleaned."""
         return await self._batch(
             BatchAction.CLEAN, task_ids, task_filter, filters, sort, max_results, dry_run,
-            db_transact,
+            db_transact, actor=actor, reason=reason,
         )
 
     async def invoke(
@@ -467,12 +510,14 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Any,
     ) -> BatchResults:
         """Queue CREATED, ERROR and CANCELED tasks for a worker (attempts + 1)."""
         return await self._batch(
             BatchAction.INVOKE, task_ids, task_filter, filters, sort, max_results, dry_run,
-            db_transact,
+            db_transact, actor=actor, reason=reason,
         )
 
     def _selection(
@@ -516,10 +561,26 @@ class CheckMateService:
         db_transact: bool,
         *,
         force: bool = False,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
     ) -> BatchResults:
         selection, limit = self._selection(task_ids, task_filter, filters, max_results)
+        audit = _audit_record(
+            action.value,
+            {
+                "filter": selection.model_dump(mode="json", exclude_none=True),
+                "maxResults": limit,
+                "sort": sort,
+                "dbTransact": db_transact,
+                **({"force": True} if force else {}),
+            },
+            actor,
+            reason,
+        )
         with allocation_burst():
-            return await self._run(action, selection, limit, sort, dry_run, db_transact, force)
+            return await self._run(
+                action, selection, limit, sort, None if dry_run else audit, db_transact, force
+            )
 
     async def _run(
         self,
@@ -527,10 +588,11 @@ class CheckMateService:
         selection: TaskFilter,
         limit: int,
         sort: SortOrder,
-        dry_run: bool,
+        audit: AuditRecord | None,
         db_transact: bool,
         force: bool,
     ) -> BatchResults:
+        """A dry run when `audit` is None; a real run writes its audit row."""
         async with self._connect() as conn:
             rows = await queries.select_batch_candidates(conn, selection, sort=sort, limit=limit)
         from_row = Candidate.from_row
@@ -541,9 +603,9 @@ class CheckMateService:
         decide = actions.DECIDE[action]
         get_facts = facts.get
         decisions = [decide(task, get_facts(task.id, NO_FACTS), rules) for task in candidates]
-        if not dry_run:
+        if audit is not None:
             plan = _Plan(action, candidates, facts, rules)
-            decisions = await self._apply(plan, decisions, db_transact)
+            decisions = await self._apply(plan, decisions, db_transact, audit, missing)
         return _split([*decisions, *missing])
 
     async def _unselected(
@@ -587,43 +649,66 @@ class CheckMateService:
         return {task_id: _facts(locks[task_id], objects.get(task_id)) for task_id in lock_ids}
 
     async def _apply(
-        self, plan: _Plan, decisions: builtins.list[Decision], db_transact: bool
+        self,
+        plan: _Plan,
+        decisions: builtins.list[Decision],
+        db_transact: bool,
+        audit: AuditRecord,
+        missing: Sequence[Decision],
     ) -> builtins.list[Decision]:
-        """Carry out the applicable decisions; return every decision as it finally stands."""
+        """Carry out the applicable decisions and write the audit row (checkmate.audit says
+        how it relates to the transactions); return every decision as it finally stands."""
         final = {decision.task_id: decision for decision in decisions}
         ids = sorted((d.task_id for d in decisions if d.error is None), key=_id_order)
         chunks = _chunks(ids, self.settings.batch_chunk_size)
+        _, known_failed = split_ids([*decisions, *missing])
         if db_transact:
             try:
                 async with self.engine.begin() as conn:
                     for chunk in chunks:
                         final.update(await self._apply_chunk(conn, plan, chunk, final))
                     _raise_if_any_failed([final[i] for i in ids])
+                    succeeded, failed = split_ids(final[i] for i in ids)
+                    await audit.open(conn, succeeded, [*known_failed, *failed])
             except (_ChunkFailed, SQLAlchemyError, OSError) as error:
                 reason = _rollback_reason(error)
                 for task_id in ids:
                     if final[task_id].applies:
                         final[task_id] = final[task_id].failed(reason)
+                async with self.engine.begin() as conn:
+                    await audit.open(conn, failed=[*known_failed, *ids])
         else:
+            async with self.engine.begin() as conn:
+                await audit.open(conn, failed=known_failed)
             for chunk in chunks:
-                final.update(await self._apply_own_transaction(plan, chunk, final))
+                final.update(await self._apply_own_transaction(plan, chunk, final, audit))
         return [final[decision.task_id] for decision in decisions]
 
     async def _apply_own_transaction(
-        self, plan: _Plan, chunk: Sequence[UUID], planned: dict[UUID, Decision]
+        self,
+        plan: _Plan,
+        chunk: Sequence[UUID],
+        planned: dict[UUID, Decision],
+        audit: AuditRecord,
     ) -> dict[UUID, Decision]:
-        """Commit one chunk; if its transaction fails, retry its tasks one by one so that only
-        the task at fault fails (the slow path runs only after an error)."""
+        """Commit one chunk with its ids appended to the audit row; if its transaction fails,
+        retry its tasks one by one so that only the task at fault fails (the slow path runs
+        only after an error)."""
         try:
             async with self.engine.begin() as conn:
-                return await self._apply_chunk(conn, plan, chunk, planned)
+                decided = await self._apply_chunk(conn, plan, chunk, planned)
+                await audit.record(conn, decided.values())
+                return decided
         except (SQLAlchemyError, OSError) as error:
             if len(chunk) == 1:
                 reason = f"database error ({type(error).__name__}); not changed"
-                return {chunk[0]: planned[chunk[0]].failed(reason)}
+                failed = {chunk[0]: planned[chunk[0]].failed(reason)}
+                async with self.engine.begin() as conn:
+                    await audit.record(conn, failed.values())
+                return failed
         outcome: dict[UUID, Decision] = {}
         for task_id in chunk:
-            outcome.update(await self._apply_own_transaction(plan, [task_id], planned))
+            outcome.update(await self._apply_own_transaction(plan, [task_id], planned, audit))
         return outcome
 
     async def _apply_chunk(
@@ -767,6 +852,15 @@ _DB_EFFECTS = {
     DbEffect.CLEAN: queries.mark_cleaned,
     DbEffect.QUEUE: queries.queue_tasks,
 }
+
+
+def _audit_record(
+    action: str, selection: dict[str, Any], actor: str, reason: str | None
+) -> AuditRecord:
+    try:
+        return AuditRecord(action, selection, actor, check_reason(reason))
+    except AuditInputError as error:
+        raise ServiceError(str(error)) from None
 
 
 @asynccontextmanager

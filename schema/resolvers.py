@@ -7,13 +7,14 @@ from typing import Annotated, Any, cast
 import strawberry
 from strawberry import UNSET
 
-from checkmate.access import Action
+from checkmate.access import LOCAL_ACTOR, Action
 from checkmate.actions import BatchAction
 from checkmate.models import StageStatus as Status
 from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
 from schema.access import ALLOWED
+from schema.audit import AuditQuery
 from schema.broadcast import current_sink
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
 from schema.selection import task_fields
@@ -32,10 +33,14 @@ from schema.types import (
 
 FilterArg = Annotated[TaskFilter | None, strawberry.argument(name="filter")]
 IdsArg = list[strawberry.ID] | None
+ReasonArg = Annotated[
+    str | None,
+    strawberry.argument(description="Why: kept in the audit log with a real run."),
+]
 
 
 @strawberry.type
-class Query:
+class Query(AuditQuery):
     @strawberry.field(description="One task; null when no task has that id.")
     async def task(self, info: Ctx, id: strawberry.ID) -> CheckMateTask | None:
         found = await info.context.service.find(id, include_metadata=False)
@@ -75,6 +80,11 @@ class Query:
         return [StatusCount(status=status, count=counts.get(status, 0)) for status in Status]
 
 
+def _actor(info: Ctx) -> str:
+    principal = info.context.principal
+    return principal.name if principal is not None else LOCAL_ACTOR
+
+
 async def _batch(
     info: Ctx,
     action: BatchAction,
@@ -92,6 +102,7 @@ async def _batch(
     if "sort" in options:
         options["sort"] = (options["sort"] or SortOrder.DESC).value
     dry_run = options["dry_run"] = options["dry_run"] is not False  # null means the default
+    options["actor"] = _actor(info)
     options["db_transact"] = options["db_transact"] is not False
     succeeded, failed = await run[action](
         given(task_ids), task_filter=filter_model(task_filter), **options
@@ -107,13 +118,17 @@ async def _batch(
 @strawberry.type
 class Mutation:
     @strawberry.mutation(permission_classes=[ALLOWED[Action.CREATE]])
-    async def create_task(self, info: Ctx, input: CreateTaskInput) -> CheckMateTask:
+    async def create_task(
+        self, info: Ctx, input: CreateTaskInput, reason: ReasonArg = None
+    ) -> CheckMateTask:
         task = await info.context.service.create(
             input.name,
             queue=input.queue if input.queue is not None else "default",
             tags=input.tags or [],
             params=given(input.params),
             invoke=bool(input.invoke),
+            actor=_actor(info),
+            reason=reason,
         )
         # The service wrote these objects a moment ago: no need to read them back.
         info.context.loaders.prime_objects(
@@ -137,10 +152,12 @@ class Mutation:
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.CANCEL, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
     @strawberry.mutation(
@@ -157,11 +174,12 @@ class Mutation:
         dry_run: bool | None = True,
         db_transact: bool | None = True,
         force: bool | None = False,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.UNLOCK, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
-            force=bool(force),
+            force=bool(force), reason=reason,
         )
 
     @strawberry.mutation(
@@ -179,10 +197,12 @@ class Mutation:
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.CLEAN, task_ids, task_filter,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
     @strawberry.mutation(
@@ -199,10 +219,12 @@ class Mutation:
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.INVOKE, task_ids, task_filter,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
@@ -86,8 +88,26 @@ async def touch_tokens(conn: AsyncConnection, token_hashes: Sequence[str]) -> No
     )
 
 
-async def insert_audit(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    await conn.execute(insert(audit_log).values(**values))
+async def insert_audit(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    result = await conn.execute(insert(audit_log).values(**values).returning(audit_log.c.id))
+    return int(result.scalar_one())
+
+
+async def append_audit_ids(
+    conn: AsyncConnection, entry_id: int, succeeded: Sequence[UUID], failed: Sequence[UUID]
+) -> None:
+    await conn.execute(
+        update(audit_log)
+        .where(audit_log.c.id == entry_id)
+        .values(
+            succeeded=audit_log.c.succeeded.concat(_uuids(succeeded)),
+            failed=audit_log.c.failed.concat(_uuids(failed)),
+        )
+    )
+
+
+def _uuids(ids: Sequence[UUID]) -> Any:
+    return bindparam(None, list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))
 
 
 async def select_audit_page(
