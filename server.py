@@ -42,6 +42,7 @@ from schema import build_schema
 from schema.access import ConnectionWatch, authenticate_connection, error_body
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.graphiql import graphiql_assets, graphiql_page
 from schema.http_gates import AuthenticationGate, BodySizeLimit
 from schema.limits import Limits
 from schema.metrics import LATENCY, REQUESTS
@@ -188,6 +189,9 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.broadcast = Broadcast(self.schema)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page(request)
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
@@ -378,11 +382,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     # The last added runs first: metrics see every answer; a request is authenticated from its
     # headers before its body is read; the body is bounded before GraphQL parses it.
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    app.add_middleware(AuthenticationGate, access=lambda: app.state.access)
+    app.add_middleware(
+        AuthenticationGate,
+        access=lambda: app.state.access,
+        public=frozenset({"/healthz", "/readyz", "/metrics"}),
+        public_prefixes=("/graphql/static/",),  # GraphiQL's assets
+    )
     app.add_middleware(MetricsMiddleware)
     return app

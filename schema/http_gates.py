@@ -38,18 +38,38 @@ def _is_graphiql_page(scope: Scope, headers: Headers) -> bool:
     )
 
 
-class AuthenticationGate:
-    """Authenticates each HTTP request to `path` from its Authorization header alone and puts
-    the principal in the request state (scope["state"]["principal"])."""
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the root path a proxy mounted the app under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
-    def __init__(self, app: ASGIApp, access: Any, path: str = "/graphql") -> None:
+
+class AuthenticationGate:
+    """Authenticates each HTTP request from its Authorization header alone, except to the
+    `public` paths and prefixes, and puts the principal in the request state
+    (scope["state"]["principal"]). Everything not listed needs a token: a new route is
+    guarded by default."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        access: Any,
+        public: frozenset[str] = frozenset(),
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         # The AccessControl, or a callable returning it (the app's lifespan creates it).
         self._access = access
-        self.path = path
+        self.public = public
+        self.public_prefixes = public_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        if path in self.public or path.startswith(self.public_prefixes):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
