@@ -197,7 +197,9 @@ class CheckMateService:
         settings = settings or get_settings()
         import_task_modules(settings.task_modules)
         url = await asyncio.to_thread(resolve_database_url, settings)
-        engine = create_engine(url, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            url, pool_size=settings.db_pool_size, statement_timeout=settings.statement_timeout
+        )
         if settings.database_url is None:
             await upgrade(engine)
         store_url = settings.store_url or (settings.resolved_data_dir / "store").as_uri()

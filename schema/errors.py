@@ -25,6 +25,8 @@ INTERNAL = ServiceError.INTERNAL
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 SUBSCRIBER_LAGGING = "SUBSCRIBER_LAGGING"
+STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
+QUERY_CANCELED = "57014"  # PostgreSQL's query_canceled: statement_timeout fired
 
 
 def _with(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
@@ -36,6 +38,12 @@ def _with(error: GraphQLError, message: str, extensions: dict[str, Any]) -> Grap
         path=error.path,
         extensions={**(error.extensions or {}), **extensions},
     )
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy wraps the driver's error in .orig)."""
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 def coded(error: GraphQLError, request_id: str, *, executed: bool = False) -> GraphQLError:
@@ -54,6 +62,9 @@ def coded(error: GraphQLError, request_id: str, *, executed: bool = False) -> Gr
         return _with(error, error.message, {"code": code})
     if isinstance(original, ServiceError):
         return _with(error, original.message, {"code": original.code})
+    if _sqlstate(original) == QUERY_CANCELED:
+        message = "the database statement ran longer than the statement timeout"
+        return _with(error, message, {"code": STATEMENT_TIMEOUT})
     if isinstance(original, InvalidOperationTypeError):
         # The legacy graphql-ws protocol carries subscriptions only (strawberry's handler).
         message = original.as_http_error_reason("graphql-ws") + (
@@ -64,7 +75,7 @@ def coded(error: GraphQLError, request_id: str, *, executed: bool = False) -> Gr
         extensions = {"code": SUBSCRIBER_LAGGING, "lastEventId": str(original.last_event_id)}
         return _with(error, str(original), extensions)
     if isinstance(original, GraphQLError):  # raised by a resolver, already phrased for clients
-        return coded(original, request_id)
+        return coded(original, request_id, executed=executed and error.path is None)
     log.error(
         "unexpected error (request %s) at %s", request_id, error.path, exc_info=original
     )

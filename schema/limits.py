@@ -124,4 +124,4 @@ class Limits:
 
 
 def is_token_limit(error: GraphQLError) -> bool:
-    return error.message.startswith(TOKEN_LIMIT_MESSAGE)
+    return TOKEN_LIMIT_MESSAGE in error.message
