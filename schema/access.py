@@ -7,11 +7,16 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from graphql import GraphQLError
+from starlette.requests import Request
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from checkmate.access import AccessControl, AccessError, Action, Principal, may
 
@@ -19,6 +24,7 @@ log = logging.getLogger("checkmate.api")
 
 FORBIDDEN = AccessError.FORBIDDEN
 UNAUTHENTICATED = AccessError.UNAUTHENTICATED
+BAD_USER_INPUT = "BAD_USER_INPUT"
 
 
 def error_body(message: str, code: str) -> dict[str, Any]:
@@ -44,6 +50,20 @@ def _allowed(action: Action) -> type[BasePermission]:
 
 # One permission class per guarded action (strawberry instantiates them per field).
 ALLOWED: dict[Action, type[BasePermission]] = {action: _allowed(action) for action in Action}
+
+
+class SubscriptionsOverWebsockets(SchemaExtension):
+    """A subscription sent as an HTTP request is refused before it runs (graphql-core would run
+    it as a plain field and fail inside): subscriptions are served over websockets."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        request = getattr(context.context, "request", None)
+        if context.operation_type is OperationType.SUBSCRIPTION and isinstance(request, Request):
+            message = "subscriptions are served over websockets (graphql-transport-ws, graphql-ws)"
+            error = GraphQLError(message, extensions={"code": BAD_USER_INPUT})
+            context.result = ExecutionResult(data=None, errors=[error])  # skips execution
+        yield
 
 
 def authorization_of(connection_params: object) -> str | None:

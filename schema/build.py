@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 
+from schema.access import SubscriptionsOverWebsockets
 from schema.errors import ErrorCodes
 from schema.execution import AllocationBurst, PlainLeavesExecutionContext
 from schema.limits import Limits
@@ -54,6 +55,7 @@ def build_schema(*, fast_leaves: bool = True, limits: Limits | None = None) -> C
             lambda: QueryParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
             ErrorCodes,
+            SubscriptionsOverWebsockets,
             AllocationBurst,
         ],
     )

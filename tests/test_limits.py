@@ -218,3 +218,16 @@ async def test_a_timed_out_statement_is_reported_with_its_code(
         await raw_conn.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
         codes = await api.error_codes("{ taskCounts { count } }")
     assert codes == ["STATEMENT_TIMEOUT"]
+
+
+async def test_what_the_fuzz_found(settings: Settings) -> None:
+    """A JSON body that is not an object was a 500; a subscription over HTTP ran as a plain
+    field and failed inside (INTERNAL_SERVER_ERROR, logged)."""
+    async with running_api(settings) as api:
+        for body in (b"null", b"3", b'"x"', b"true"):
+            response = await api.client.post(
+                "/graphql", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 400, response.text
+        subscription = "subscription { taskStatusChanged { eventId } }"
+        assert await api.error_codes(subscription) == ["BAD_USER_INPUT"]
