@@ -42,9 +42,6 @@ class Settings(BaseSettings):
     token_cache_ttl: float = Field(
         2.0, gt=0, le=60, description="Seconds a process trusts its snapshot of the tokens."
     )
-    insecure: bool = Field(
-        False, description="Allow open access (no token) on a non-loopback address."
-    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest HTTP request body.")
     max_query_depth: int = Field(10, ge=1, description="Deepest field nesting of an operation.")
     max_aliases: int = Field(30, ge=0, description="Most aliased fields in one document.")
