@@ -99,10 +99,19 @@ TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
 CLOSE_UNAUTHENTICATED = 4401
 
 
-def _limit_error(limit: int) -> dict[str, Any]:
-    return error_body(
-        f"at most {limit} operations at once on one connection", TOO_MANY_SUBSCRIPTIONS
-    )
+def _over_limit(handler: Any, message: Any, running: Any) -> dict[str, Any] | None:
+    """The error for an operation over the connection's limit (strawberry's own refusal has
+    no code), or None. `running`: the handler's operations in flight, by id."""
+    limit = handler.max_subscriptions_per_connection
+    if (
+        not handler.connection_acknowledged
+        or limit is None
+        or message.get("id") in running
+        or len(running) < limit
+    ):
+        return None
+    message = f"at most {limit} operations at once on one connection"
+    return error_body(message, TOO_MANY_SUBSCRIPTIONS)
 
 
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
@@ -113,14 +122,9 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
         self.context.ws_handler = self
 
     async def handle_subscribe(self, message: Any) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (
-            self.connection_acknowledged
-            and limit is not None
-            and message.get("id") not in self.operations
-            and len(self.operations) >= limit
-        ):
-            refusal: Any = {"id": message["id"], "type": "error", "payload": [_limit_error(limit)]}
+        error = _over_limit(self, message, self.operations)
+        if error is not None:
+            refusal: Any = {"id": message["id"], "type": "error", "payload": [error]}
             await self.send_message(refusal)
             return
         await super().handle_subscribe(message)
@@ -150,14 +154,9 @@ class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
         self.context.ws_handler = self
 
     async def handle_start(self, message: Any) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (
-            self.connection_acknowledged
-            and limit is not None
-            and message.get("id") not in self.tasks
-            and len(self.tasks) >= limit
-        ):
-            refusal: Any = {"type": "error", "id": message["id"], "payload": _limit_error(limit)}
+        error = _over_limit(self, message, self.tasks)
+        if error is not None:
+            refusal: Any = {"type": "error", "id": message["id"], "payload": error}
             await self.send_message(refusal)
             return
         await super().handle_start(message)

@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 
 from checkmate.access import AccessControl
 from checkmate.db.engine import asyncpg_dsn, create_engine
+from tests.conftest import _admin
 from tests.subscription_support import ServerProcess
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -59,14 +60,6 @@ class AccessServer:
     async def access(self) -> tuple[AccessControl, Any]:
         engine = create_engine(self.database_url, pool_size=1)
         return AccessControl(engine, ttl=0.01), engine
-
-
-async def _admin(server_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _prepare(database_url: str) -> tuple[dict[str, str], str]:
