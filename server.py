@@ -114,6 +114,14 @@ def _over_limit(handler: Any, message: Any, running: Any) -> dict[str, Any] | No
     return error_body(message, TOO_MANY_SUBSCRIPTIONS)
 
 
+def _forget(handler: Any) -> None:
+    """A closing websocket leaves the revocation watch."""
+    state = handler.context.request.app.state
+    watch: ConnectionWatch | None = getattr(state, "connection_watch", None)
+    if watch is not None:
+        watch.discard(handler)
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
 
@@ -128,6 +136,10 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
             await self.send_message(refusal)
             return
         await super().handle_subscribe(message)
+
+    async def shutdown(self) -> None:
+        _forget(self)
+        await super().shutdown()
 
     async def end(self, error: dict[str, Any]) -> None:
         """Every operation ends with `error`, then the socket closes (token revoked)."""
@@ -160,6 +172,10 @@ class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
             await self.send_message(refusal)
             return
         await super().handle_start(message)
+
+    async def cleanup(self) -> None:
+        _forget(self)
+        await super().cleanup()
 
     async def end(self, error: dict[str, Any]) -> None:
         for operation_id in list(self.tasks):
@@ -228,8 +244,7 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
         """connection_init: the token in its payload decides before anything else runs."""
         state = context.request.app.state
         context.principal = await authenticate_connection(state.access, context.connection_params)
-        handler = context.ws_handler
-        state.connection_watch.add(handler, context.principal, handler.end)
+        state.connection_watch.add(context.ws_handler, context.principal)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from graphql import GraphQLError
@@ -84,24 +84,26 @@ async def authenticate_connection(access: AccessControl, connection_params: obje
         raise ConnectionRejectionError(error_body(error.message, error.code)) from None
 
 
-EndConnection = Callable[[dict[str, Any]], Awaitable[None]]
-
-
 class ConnectionWatch:
     """Re-checks every open websocket's principal each `interval` seconds (the token snapshot's
-    TTL, so one query per interval per process), and ends those no longer valid: each of their
-    operations gets an error with code UNAUTHENTICATED, then the socket closes with 4401."""
+    TTL, so one query per interval per process), and ends those no longer valid through their
+    handler's `end(error)`: each of their operations gets an error with code UNAUTHENTICATED,
+    then the socket closes with 4401. Handlers are held weakly (and discarded when they close),
+    so the watch never keeps a closed connection alive."""
 
     def __init__(self, access: AccessControl, interval: float) -> None:
         self.access = access
         self.interval = interval
-        self._connections: weakref.WeakKeyDictionary[Any, tuple[Principal, EndConnection]] = (
+        self._connections: weakref.WeakKeyDictionary[Any, Principal] = (
             weakref.WeakKeyDictionary()
         )
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, handler: Any, principal: Principal, end: EndConnection) -> None:
-        self._connections[handler] = (principal, end)
+    def add(self, handler: Any, principal: Principal) -> None:
+        self._connections[handler] = principal
+
+    def __len__(self) -> int:
+        return len(self._connections)
 
     def discard(self, handler: Any) -> None:
         self._connections.pop(handler, None)
@@ -124,7 +126,7 @@ class ConnectionWatch:
                 log.exception("connection watch: check failed; retrying")
 
     async def check(self) -> None:
-        for handler, (principal, end) in list(self._connections.items()):
+        for handler, principal in list(self._connections.items()):
             try:
                 valid = await self.access.still_valid(principal)
             except AccessError:
@@ -137,4 +139,4 @@ class ConnectionWatch:
                     if principal.token_hash is not None
                     else "access now needs a token (one was created)"
                 )
-                await end(error_body(message, UNAUTHENTICATED))
+                await handler.end(error_body(message, UNAUTHENTICATED))

@@ -4,19 +4,23 @@ with a stable code or HTTP status."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from sqlalchemy.exc import DBAPIError
+from starlette.testclient import TestClient
 
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from schema import build_schema
 from schema.context import GraphQLContext
 from schema.limits import Limits
+from server import create_app
 from tests.access_support import (
     LEGACY_WS,
     TRANSPORT_WS,
@@ -231,3 +235,21 @@ async def test_what_the_fuzz_found(settings: Settings) -> None:
             assert response.status_code == 400, response.text
         subscription = "subscription { taskStatusChanged { eventId } }"
         assert await api.error_codes(subscription) == ["BAD_USER_INPUT"]
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+def test_closed_websockets_leave_the_revocation_watch(settings: Settings, protocol: str) -> None:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        watch = app.state.connection_watch
+        for _ in range(3):
+            with client.websocket_connect("/graphql", subprotocols=[protocol]) as ws:
+                ws.send_text(orjson.dumps({"type": "connection_init"}).decode())
+                frame = ws.receive()  # text or (before text frames land) binary
+                ack = orjson.loads(frame.get("text") or frame["bytes"])
+                assert ack["type"] == "connection_ack"
+                assert len(watch) == 1
+        deadline = time.monotonic() + 5
+        while len(watch) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server side of the last socket is still closing
+        assert len(watch) == 0
