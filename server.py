@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -36,7 +35,6 @@ from strawberry.types.execution import PreExecutionError
 
 from checkmate.access import AccessControl
 from checkmate.events import EventHub
-from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings, get_settings
 from schema import build_schema
@@ -345,25 +343,6 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-# Young-generation collections every 50,000 allocations instead of 700. Fanning one event out to
-# 10,000 websockets allocates a few objects per socket that live only until the fan-out ends;
-# collected every 700 allocations, they were promoted while still alive, and the promotions set
-# off full collections of a heap of millions of long-lived subscription objects: 1-2 s pauses
-# (p99 2.2 s at 10,000 subscriptions; 0.5 s with this threshold, and a third less server CPU).
-# Same young threshold as checkmate.gcpause's bursts, which then keep it (they never lower it).
-GC_THRESHOLD = (BURST_THRESHOLD, 20, 100)
-
-
-@contextmanager
-def _gc_threshold(threshold: tuple[int, int, int]) -> Iterator[None]:
-    previous = gc.get_threshold()
-    gc.set_threshold(*threshold)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     """The app; its lifespan opens the service (database and store), the event hub and the
     token snapshot."""
@@ -385,8 +364,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     "create one with: checkmate token create --role operator --name NAME"
                 )
             watch.start()
-            with _gc_threshold(GC_THRESHOLD):
-                yield
+            yield
         finally:
             await watch.stop()
             await hub.stop()

@@ -86,7 +86,7 @@ def start_server(
         "CHECKMATE_DB_POOL_SIZE": "20",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "checkmate.cli:serving_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         "--workers", str(workers), "--no-access-log",
     ]

@@ -20,21 +20,21 @@ from uuid import UUID
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from checkmate import arguments
 from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import Decision
 from checkmate.db import access as access_queries
+from checkmate.errors import bad_argument
 
 MAX_REASON = 1_000
 
 
-class AuditInputError(ValueError):
-    """A reason, filter or cursor the caller must fix (BAD_USER_INPUT)."""
-
-
-def check_reason(reason: str | None) -> str | None:
-    if reason is not None and len(reason) > MAX_REASON:
-        raise AuditInputError(f"reason must be at most {MAX_REASON} characters")
-    return reason
+def check_reason(reason: Any) -> str | None:
+    """The `reason` every mutation accepts; ServiceError (BAD_USER_INPUT) if unfit."""
+    checked = arguments.optional_text("reason", reason)
+    if checked is not None and len(checked) > MAX_REASON:
+        raise bad_argument("reason", f"must be at most {MAX_REASON} characters")
+    return checked
 
 
 @dataclass
@@ -107,7 +107,7 @@ def decode_audit_cursor(cursor: str) -> tuple[datetime, int]:
         at, entry_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         return datetime.fromisoformat(at), int(entry_id)
     except (ValueError, UnicodeDecodeError):
-        raise AuditInputError(f"{cursor!r} is not an audit cursor returned by this API") from None
+        raise bad_argument("after", "is not an audit cursor returned by this API") from None
 
 
 async def read_audit_page(

@@ -12,7 +12,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from schema.access import SubscriptionsOverWebsockets
 from schema.errors import ErrorCodes
-from schema.execution import AllocationBurst, PlainLeavesExecutionContext
+from schema.execution import PlainLeavesExecutionContext
 from schema.limits import Limits
 from schema.resolvers import Mutation, Query, Subscription
 
@@ -56,7 +56,6 @@ def build_schema(*, fast_leaves: bool = True, limits: Limits | None = None) -> C
             lambda: ValidationCache(maxsize=CACHE_SIZE),
             ErrorCodes,
             SubscriptionsOverWebsockets,
-            AllocationBurst,
         ],
     )
 

@@ -9,11 +9,14 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import GraphQLError, GraphQLSyntaxError
+from graphql import FieldNode, GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.execution import PreExecutionError
+from strawberry.utils.str_converters import to_camel_case
 
+from checkmate.arguments import FILTER_FIELDS
+from checkmate.errors import Arg
 from checkmate.events import SubscriberLagging
 from checkmate.service import ServiceError
 from schema.limits import QUERY_TOO_COMPLEX, is_token_limit
@@ -27,6 +30,30 @@ VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 SUBSCRIBER_LAGGING = "SUBSCRIBER_LAGGING"
 STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
 QUERY_CANCELED = "57014"  # PostgreSQL's query_canceled: statement_timeout fired
+
+
+# Service arguments whose GraphQL argument is not their camelCase name.
+_RENAMED = {"task_id": "id", "task_filter": "filter"}
+
+
+def graphql_argument(field: str | None, arg: Arg) -> str:
+    """The name a GraphQL client knows for a service argument, in the field that failed:
+    `maxResults`, `filter.queue`, `input.params`."""
+    if field == "createTask":
+        return f"input.{to_camel_case(arg.name)}"
+    if arg.name in FILTER_FIELDS:
+        return f"filter.{to_camel_case(arg.name)}"
+    return _RENAMED.get(arg.name) or to_camel_case(arg.name)
+
+
+def _service_error(error: GraphQLError, original: ServiceError) -> GraphQLError:
+    node = error.nodes[0] if error.nodes else None
+    field = node.name.value if isinstance(node, FieldNode) else None
+    extensions = {"code": original.code}
+    if original.arg is not None:
+        extensions["argument"] = graphql_argument(field, original.arg)
+    message = original.render(lambda arg: graphql_argument(field, arg))
+    return _with(error, message, extensions)
 
 
 def _with(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
@@ -61,7 +88,7 @@ def coded(error: GraphQLError, request_id: str, *, executed: bool = False) -> Gr
             code = VALIDATION_FAILED
         return _with(error, error.message, {"code": code})
     if isinstance(original, ServiceError):
-        return _with(error, original.message, {"code": original.code})
+        return _service_error(error, original)
     if _sqlstate(original) == QUERY_CANCELED:
         message = "the database statement ran longer than the statement timeout"
         return _with(error, message, {"code": STATEMENT_TIMEOUT})

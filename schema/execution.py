@@ -12,7 +12,7 @@ reports the error with its path exactly as graphql-core does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from enum import Enum
 from operator import attrgetter
@@ -31,31 +31,14 @@ from graphql import (
     is_leaf_type,
 )
 from graphql.pyutils import Path
-from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
-from strawberry.types.graphql import OperationType
-
-from checkmate.gcpause import allocation_burst
 
 # (response key, read the value from the source, complete the value, non-null, list of leaves,
 #  list items non-null)
 _Plain = tuple[str, Callable[..., Any], Callable[[Any], Any], bool, bool, bool]
 _NOT_PLAIN: list[_Plain] = []
-
-
-class AllocationBurst(SchemaExtension):
-    """A query or mutation builds its whole result at once (10,000 result dicts for a big
-    page): fewer cycle collections meanwhile (see checkmate.gcpause). Not subscriptions: they
-    last as long as their connection."""
-
-    def on_execute(self) -> Iterator[None]:
-        if self.execution_context.operation_type is OperationType.SUBSCRIPTION:
-            yield
-            return
-        with allocation_burst():
-            yield
 
 
 class _Fallback(Exception):

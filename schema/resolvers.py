@@ -99,8 +99,7 @@ async def _batch(
         BatchAction.CLEAN: service.clean,
         BatchAction.INVOKE: service.invoke,
     }
-    if "sort" in options:
-        options["sort"] = (options["sort"] or SortOrder.DESC).value
+    options["sort"] = (options["sort"] or SortOrder.DESC).value
     dry_run = options["dry_run"] = options["dry_run"] is not False  # null means the default
     options["actor"] = _actor(info)
     options["db_transact"] = options["db_transact"] is not False
@@ -194,13 +193,14 @@ class Mutation:
         info: Ctx,
         task_ids: IdsArg = UNSET,
         task_filter: FilterArg = UNSET,
+        sort: SortOrder | None = SortOrder.DESC,
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
         reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
-            info, BatchAction.CLEAN, task_ids, task_filter,
+            info, BatchAction.CLEAN, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
             reason=reason,
         )
@@ -216,13 +216,14 @@ class Mutation:
         info: Ctx,
         task_ids: IdsArg = UNSET,
         task_filter: FilterArg = UNSET,
+        sort: SortOrder | None = SortOrder.DESC,
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
         reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
-            info, BatchAction.INVOKE, task_ids, task_filter,
+            info, BatchAction.INVOKE, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
             reason=reason,
         )

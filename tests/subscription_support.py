@@ -37,8 +37,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it (websocket
-    compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
+    """`uvicorn checkmate.cli:serving_app` in its own process, as `checkmate serve` runs it
+    (websocket compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class ServerProcess:
             **(env or {}),
         }
         command = [
-            sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+            sys.executable, "-m", "uvicorn", "checkmate.cli:serving_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
             "--ws-max-queue", "1024",
             "--ws-per-message-deflate", "true" if ws_compression else "false",
