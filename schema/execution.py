@@ -12,8 +12,8 @@ reports the error with its path exactly as graphql-core does.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
 from enum import Enum
 from operator import attrgetter
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from graphql import (
     GraphQLBoolean,
     GraphQLEnumType,
+    GraphQLError,
     GraphQLID,
     GraphQLInt,
     GraphQLList,
@@ -129,6 +130,33 @@ def _reader(field: Any, resolve: Callable[..., Any]) -> Callable[[Any], Any]:
     return lambda source: resolve(source, None)
 
 
+log = logging.getLogger(__name__)
+
+
+class FastPathCounts:
+    """What the fast path completed, and how often it failed unexpectedly. It hooks into
+    graphql-core and strawberry internals, so an upgrade can turn it off without any error:
+    tests assert on these that it still engages (tests/test_fast_completion.py)."""
+
+    def __init__(self) -> None:
+        self.lists = 0  # lists completed in one loop
+        self.objects = 0  # single objects completed in one pass
+        self.errors = 0  # failures other than a value the ordinary path must report
+
+
+FAST_PATH = FastPathCounts()
+# What a value the fast path cannot complete raises (null in a non-null field, a value its scalar
+# rejects): the ordinary path reports it. Anything else is a fault of the fast path itself.
+_VALUE_ERRORS = (_Fallback, GraphQLError)
+
+
+def _unexpected(error: Exception) -> None:
+    """The ordinary path still answers; count it, and warn once per process (not per object)."""
+    FAST_PATH.errors += 1
+    if FAST_PATH.errors == 1:
+        log.warning("fast completion failed; graphql-core's own completion answers", exc_info=error)
+
+
 class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -203,12 +231,17 @@ class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if not plan:
             return None
         try:
-            return [
+            completed = [
                 _complete(plan, item) if item is not None else _null_item(items_non_null)
                 for item in items
             ]
-        except Exception:
+        except _VALUE_ERRORS:
             return None
+        except Exception as error:
+            _unexpected(error)
+            return None
+        FAST_PATH.lists += 1
+        return completed
 
     def execute_collected_subfields(
         self,
@@ -222,8 +255,15 @@ class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
         plan = self._plan(parent_type, grouped_field_set) if not new_defer_usages else _NOT_PLAIN
         if plan:
             # On any failure the ordinary path below completes it and reports the error.
-            with suppress(Exception):
-                return _complete(plan, source_value)
+            try:
+                completed = _complete(plan, source_value)
+            except _VALUE_ERRORS:
+                pass
+            except Exception as error:
+                _unexpected(error)
+            else:
+                FAST_PATH.objects += 1
+                return completed
         return super().execute_collected_subfields(
             parent_type, source_value, path, grouped_field_set, new_defer_usages, position_context
         )

@@ -15,6 +15,7 @@ import obstore
 
 from checkmate.models import StageMetadata, StageStatus, TaskLock, TaskObject
 from checkmate.store import TaskStore, lock_path, task_path
+from tests.support import TaskRow, insert_task_rows
 
 LockState = Literal["fresh", "stale", "corrupt"] | None
 ObjectState = Literal["ok", "missing", "corrupt"]
@@ -56,26 +57,22 @@ async def insert_records(
     """Insert task records in one statement (as any writer could), returning their ids."""
     ids = list(ids) if ids is not None else [uuid4() for _ in specs]
     now = datetime.now(UTC)
-    await raw_conn.executemany(
-        "INSERT INTO tasks (id, name, queue, tags, status, created_at, updated_at, attempts, "
-        "cleaned, cleaned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        [
-            (
-                task_id,
-                spec.name,
-                spec.queue,
-                list(spec.tags),
-                spec.status.value,
-                now - timedelta(seconds=spec.created_ago),
-                now - timedelta(seconds=spec.updated_ago),
-                spec.attempts,
-                spec.cleaned,
-                now if spec.cleaned else None,
-            )
-            for task_id, spec in zip(ids, specs, strict=True)
-        ],
-    )
-    return ids
+    rows = [
+        TaskRow(
+            id=task_id,
+            name=spec.name,
+            queue=spec.queue,
+            tags=spec.tags,
+            status=spec.status,
+            created_at=now - timedelta(seconds=spec.created_ago),
+            updated_at=now - timedelta(seconds=spec.updated_ago),
+            attempts=spec.attempts,
+            cleaned=spec.cleaned,
+            cleaned_at=now if spec.cleaned else None,
+        )
+        for task_id, spec in zip(ids, specs, strict=True)
+    ]
+    return await insert_task_rows(raw_conn, rows)
 
 
 def _lock(state: LockState, lock_timeout: float) -> TaskLock:

@@ -15,6 +15,7 @@ from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, write_objects
+from tests.support import TaskRow, insert_task_rows
 
 S = StageStatus
 
@@ -40,19 +41,14 @@ async def _seed(
     raw_conn: asyncpg.Connection, count: int, status: str, store: TaskStore | None = None
 ) -> None:
     """`count` records; with `store`, each with its task object (invoke checks for it)."""
-    rows = await raw_conn.fetch(
-        "INSERT INTO tasks (name, status) SELECT 'demo.pipeline', $1 "
-        "FROM generate_series(1, $2) AS i RETURNING id",
-        status,
-        count,
-    )
+    ids = await insert_task_rows(raw_conn, [TaskRow(status=status) for _ in range(count)])
     if store is not None:
         spec = TaskSpec(S(status), stages=0)
 
         async def write(task_id: UUID) -> None:
             await write_objects(store, task_id, spec)
 
-        results = await store.for_each([row["id"] for row in rows], write)
+        results = await store.for_each(ids, write)
         assert not [error for error in results.values() if isinstance(error, BaseException)]
 
 
