@@ -30,6 +30,7 @@ from checkmate.actions import (
     StoreEffect,
     StoreFacts,
 )
+from checkmate.audit import AuditRecord, split_ids
 from checkmate.db import queries
 from checkmate.errors import Arg, ServiceError
 from checkmate.models import CheckMateTaskBatchResult, SortOrder, StageStatus, TaskFilter
@@ -102,6 +103,17 @@ class BatchOptions:
         )
 
 
+def describe(selection: Selection, options: BatchOptions) -> dict[str, Any]:
+    """The selection and options as the audit log keeps them (JSON)."""
+    return {
+        "filter": selection.task_filter.model_dump(mode="json", exclude_none=True),
+        "maxResults": selection.max_results,
+        "sort": selection.sort,
+        "dbTransact": options.db_transact,
+        **({"force": True} if options.force else {}),
+    }
+
+
 E = TypeVar("E")
 
 
@@ -136,8 +148,13 @@ class BatchRunner:
         self.settings = settings
 
     async def run(
-        self, action: BatchAction, selection: Selection, options: BatchOptions
+        self,
+        action: BatchAction,
+        selection: Selection,
+        options: BatchOptions,
+        audit: AuditRecord | None = None,
     ) -> BatchResults:
+        """`audit`: the row a real run writes (a default one when not given)."""
         async with self.connect() as conn:
             rows = await queries.select_batch_candidates(
                 conn, selection.task_filter, sort=selection.sort, limit=selection.max_results
@@ -152,7 +169,8 @@ class BatchRunner:
         decisions = [decide(task, get_facts(task.id, NO_FACTS), rules) for task in candidates]
         if not options.dry_run:
             plan = _Plan(action, candidates, facts, rules)
-            decisions = await self._apply(plan, decisions, options.db_transact)
+            audit = audit or AuditRecord(action.value, describe(selection, options))
+            decisions = await self._apply(plan, decisions, options.db_transact, audit, missing)
         return _split([*decisions, *missing])
 
     async def _unselected(
@@ -196,43 +214,66 @@ class BatchRunner:
         return {task_id: _facts(locks[task_id], objects.get(task_id)) for task_id in lock_ids}
 
     async def _apply(
-        self, plan: _Plan, decisions: list[Decision], db_transact: bool
+        self,
+        plan: _Plan,
+        decisions: list[Decision],
+        db_transact: bool,
+        audit: AuditRecord,
+        missing: Sequence[Decision],
     ) -> list[Decision]:
-        """Carry out the applicable decisions; return every decision as it finally stands."""
+        """Carry out the applicable decisions and write the audit row (checkmate.audit says how
+        it relates to the transactions); return every decision as it finally stands."""
         final = {decision.task_id: decision for decision in decisions}
         ids = sorted((d.task_id for d in decisions if d.error is None), key=_id_order)
         chunks = _chunks(ids, self.settings.batch_chunk_size)
+        _, known_failed = split_ids([*decisions, *missing])
         if db_transact:
             try:
                 async with self.engine.begin() as conn:
                     for chunk in chunks:
                         final.update(await self._apply_chunk(conn, plan, chunk, final))
                     _raise_if_any_failed([final[i] for i in ids])
+                    succeeded, failed = split_ids(final[i] for i in ids)
+                    await audit.open(conn, succeeded, [*known_failed, *failed])
             except (_ChunkFailed, SQLAlchemyError, OSError) as error:
                 reason = _rollback_reason(error)
                 for task_id in ids:
                     if final[task_id].applies:
                         final[task_id] = final[task_id].failed(reason, Failure.ROLLED_BACK)
+                async with self.engine.begin() as conn:
+                    await audit.open(conn, failed=[*known_failed, *ids])
         else:
+            async with self.engine.begin() as conn:
+                await audit.open(conn, failed=known_failed)
             for chunk in chunks:
-                final.update(await self._apply_own_transaction(plan, chunk, final))
+                final.update(await self._apply_own_transaction(plan, chunk, final, audit))
         return [final[decision.task_id] for decision in decisions]
 
     async def _apply_own_transaction(
-        self, plan: _Plan, chunk: Sequence[UUID], planned: dict[UUID, Decision]
+        self,
+        plan: _Plan,
+        chunk: Sequence[UUID],
+        planned: dict[UUID, Decision],
+        audit: AuditRecord,
     ) -> dict[UUID, Decision]:
-        """Commit one chunk; if its transaction fails, retry its tasks one by one so that only
-        the task at fault fails (the slow path runs only after an error)."""
+        """Commit one chunk with its ids appended to the audit row; if its transaction fails,
+        retry its tasks one by one so that only the task at fault fails (the slow path runs
+        only after an error)."""
         try:
             async with self.engine.begin() as conn:
-                return await self._apply_chunk(conn, plan, chunk, planned)
+                decided = await self._apply_chunk(conn, plan, chunk, planned)
+                await audit.record(conn, decided.values())
+                return decided
         except (SQLAlchemyError, OSError) as error:
             if len(chunk) == 1:
                 reason = f"database error ({type(error).__name__}); not changed"
-                return {chunk[0]: planned[chunk[0]].failed(reason, Failure.DATABASE)}
+                failed = {chunk[0]: planned[chunk[0]].failed(reason, Failure.DATABASE)}
+                async with self.engine.begin() as conn:
+                    await audit.record(conn, failed.values())
+                return failed
         outcome: dict[UUID, Decision] = {}
         for task_id in chunk:
-            outcome.update(await self._apply_own_transaction(plan, [task_id], planned))
+            outcome.update(await self._apply_own_transaction(plan, [task_id], planned, audit))
         return outcome
 
     async def _apply_chunk(

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkmate.cli_tokens import refuse_open_network_bind, token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
 from checkmate.gcpolicy import apply_process_policy
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="CheckMate: operate pipeline tasks at scale.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 console = Console()
 
 
@@ -129,10 +131,18 @@ def serve(
             ),
         ),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="CHECKMATE_INSECURE",
+            help="Serve a non-loopback address even while no API token exists (open access).",
+        ),
+    ] = False,
 ) -> None:
     """Run the GraphQL API with uvicorn (embedded database when none is configured)."""
     import uvicorn
 
+    refuse_open_network_bind(host, insecure)
     _hangup_as_terminate()
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(

@@ -20,9 +20,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate import arguments
+from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import BatchAction
 from checkmate.arguments import FilterArgs, TaskIds
-from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection
+from checkmate.audit import AuditPage, AuditRecord, check_reason, read_audit_page
+from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection, describe
 from checkmate.db import queries
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
@@ -90,7 +92,9 @@ class CheckMateService:
         settings = settings or get_settings()
         import_task_modules(settings.task_modules)
         url = await asyncio.to_thread(resolve_database_url, settings)
-        engine = create_engine(url, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            url, pool_size=settings.db_pool_size, statement_timeout=settings.statement_timeout
+        )
         if settings.database_url is None:
             await upgrade(engine)
         store_url = settings.store_url or (settings.resolved_data_dir / "store").as_uri()
@@ -254,13 +258,21 @@ class CheckMateService:
         tags: Sequence[str] | None = None,
         params: dict[str, Any] | None = None,
         invoke: bool = False,
+        *,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
     ) -> CheckMateTask:
-        """Record a task of a registered kind and write its task object; QUEUED if invoke."""
+        """Record a task of a registered kind and write its task object; QUEUED if invoke.
+        Its audit row (actor, reason) is written in the transaction of the record."""
         arguments.text("name", name, empty=False)
         arguments.text("queue", queue, empty=False)
         tag_list = list(arguments.texts("tags", tags) or ())
         raw_params = arguments.params(params)
         queued = arguments.flag("invoke", invoke)
+        audit = AuditRecord(
+            "CREATE", {"name": name, "queue": queue, "invoke": queued},
+            arguments.text("actor", actor), check_reason(reason),
+        )
         try:
             kind = get_kind(name)
         except TaskKindError as error:
@@ -287,6 +299,7 @@ class CheckMateService:
         try:
             async with self._connect() as conn:
                 row = await queries.insert_task(conn, values)
+                await audit.open(conn, succeeded=[task_id])
                 await conn.commit()
         except BaseException:
             await self.store.delete_task(task_id)
@@ -306,6 +319,8 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Unpack[FilterArgs],
     ) -> BatchResults:
         """Set non-terminal tasks to CANCELED; terminal tasks go to failed, unchanged."""
@@ -313,7 +328,9 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact)
-        return await self.run_batch(BatchAction.CANCEL, selection, options)
+        return await self.run_batch(
+            BatchAction.CANCEL, selection, options, actor=actor, reason=reason
+        )
 
     async def unlock(
         self,
@@ -325,6 +342,8 @@ class CheckMateService:
         db_transact: bool = True,
         force: bool = False,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Unpack[FilterArgs],
     ) -> BatchResults:
         """Delete lock objects; a RUNNING task whose worker is lost becomes ERROR."""
@@ -332,7 +351,9 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact, force=force)
-        return await self.run_batch(BatchAction.UNLOCK, selection, options)
+        return await self.run_batch(
+            BatchAction.UNLOCK, selection, options, actor=actor, reason=reason
+        )
 
     async def clean(
         self,
@@ -343,6 +364,8 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Unpack[FilterArgs],
     ) -> BatchResults:
         """Delete the store objects of terminal, unlocked tasks, then mark them cleaned."""
@@ -350,7 +373,9 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact)
-        return await self.run_batch(BatchAction.CLEAN, selection, options)
+        return await self.run_batch(
+            BatchAction.CLEAN, selection, options, actor=actor, reason=reason
+        )
 
     async def invoke(
         self,
@@ -361,6 +386,8 @@ class CheckMateService:
         dry_run: bool = True,
         db_transact: bool = True,
         task_filter: TaskFilter | None = None,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
         **filters: Unpack[FilterArgs],
     ) -> BatchResults:
         """Queue CREATED, ERROR and CANCELED tasks for a worker (attempts + 1)."""
@@ -368,7 +395,9 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact)
-        return await self.run_batch(BatchAction.INVOKE, selection, options)
+        return await self.run_batch(
+            BatchAction.INVOKE, selection, options, actor=actor, reason=reason
+        )
 
     def select(
         self,
@@ -386,11 +415,45 @@ class CheckMateService:
         )
 
     async def run_batch(
-        self, action: BatchAction, selection: Selection, options: BatchOptions
+        self,
+        action: BatchAction,
+        selection: Selection,
+        options: BatchOptions,
+        *,
+        actor: str = LOCAL_ACTOR,
+        reason: str | None = None,
     ) -> BatchResults:
-        """Run `action` over an already built selection (see `select`)."""
+        """Run `action` over an already built selection (see `select`); a real run writes its
+        audit row (checkmate.audit)."""
+        audit = AuditRecord(
+            action.value, describe(selection, options), arguments.text("actor", actor),
+            check_reason(reason),
+        )
         runner = BatchRunner(self.engine, self._connect, self.store, self.settings)
-        return await runner.run(action, selection, options)
+        return await runner.run(action, selection, options, None if options.dry_run else audit)
+
+    # --- the audit trail -------------------------------------------------------------------
+
+    async def audit_log(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        max_results: int | None = 100,
+        after: str | None = None,
+    ) -> AuditPage:
+        """The audit trail, newest first (see checkmate.audit)."""
+        return await read_audit_page(
+            self.engine,
+            since=arguments.moment("since", since),
+            until=arguments.moment("until", until),
+            action=arguments.optional_text("action", action),
+            actor=arguments.optional_text("actor", actor),
+            max_results=arguments.max_results(max_results, self.settings.max_results_cap),
+            after=arguments.optional_text("after", after),
+        )
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:

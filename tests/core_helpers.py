@@ -137,10 +137,13 @@ async def make_task(
 
 async def dump_database(raw_conn: asyncpg.Connection, sequences: bool = True) -> dict[str, Any]:
     """Every row of every table of the schema, in a stable order, and the sequences' positions
-    (which a rolled-back transaction moves too: pass sequences=False after a rollback)."""
+    (which a rolled-back transaction moves too: pass sequences=False after a rollback).
+    Not the audit log: every real run writes its row, even one that changes nothing
+    (tests/test_audit.py checks those rows)."""
     tables = await raw_conn.fetch(
         "SELECT table_name FROM information_schema.tables "
-        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' "
+        "AND table_name <> 'audit_log' ORDER BY table_name"
     )
     dump: dict[str, Any] = {}
     for (table,) in tables:
@@ -148,7 +151,8 @@ async def dump_database(raw_conn: asyncpg.Connection, sequences: bool = True) ->
         dump[table] = [tuple(row.items()) for row in rows]
     if sequences:
         positions = await raw_conn.fetch(
-            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public' "
+            "AND sequencename NOT LIKE 'audit_log%'"
         )
         dump["sequences"] = sorted(tuple(row) for row in positions)
     return dump

@@ -48,6 +48,7 @@ class ServerProcess:
         ws_compression: bool = False,
         env: Mapping[str, str] | None = None,
         cli: bool = False,
+        stderr: Any = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,7 +71,7 @@ class ServerProcess:
                 sys.executable, "-m", "checkmate.cli", "serve", "--port", str(self.port),
                 *(["--ws-compression"] if ws_compression else []),
             ]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=stderr)
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds

@@ -162,13 +162,13 @@ async def test_messages_name_the_graphql_argument(
 
 async def test_numbers_beyond_int_are_client_errors(api: Api, statements: list[str]) -> None:
     """GraphQL's Int is 32-bit: graphql-core refuses a bigger maxResults, in the document or in
-    variables, with a code and before the service runs."""
+    variables, as the client's input to fix (BAD_USER_INPUT), before the service runs."""
     literal = await api.post("{ tasks(maxResults: 3000000000) { nodes { id } } }")
     query = "query($n: Int) { tasks(maxResults: $n) { nodes { id } } }"
     variable = await api.post(query, {"n": 2**40})
     for body in (literal, variable):
         [error] = body["errors"]
-        assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", error
+        assert error["extensions"]["code"] == "BAD_USER_INPUT", error
         assert "32-bit" in error["message"]
         assert body.get("data") is None
     assert statements == []

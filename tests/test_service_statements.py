@@ -80,8 +80,8 @@ async def test_statements_do_not_grow_with_the_batch(
     small = await _count(service, statements, action, 200, **kw)
     large = await _count(service, statements, action, 2_000, **kw)
 
-    # select + (lock + update) for the one chunk each
-    assert small == large == 3
+    # select + (lock + update) for the one chunk + the audit row, each
+    assert small == large == 4
     assert await raw_conn.fetchval("SELECT count(*) FROM tasks WHERE status = $1", after) == 2_200
 
 
@@ -93,8 +93,10 @@ async def test_statements_grow_with_chunks_only(
     real = await _count(
         service, statements, "cancel", 2_000, status=S.CREATED, dry_run=False, db_transact=False
     )
-    assert real == 1 + 2 * 4
-    assert all("FOR UPDATE" in s for s in statements.statements[1::2])
+    # select + the audit row + (lock + update + the chunk's ids onto the audit row) per chunk
+    assert real == 2 + 3 * 4
+    assert all("FOR UPDATE" in s for s in statements.statements[2::3])
+    assert all("audit_log" in s for s in statements.statements[4::3])
 
 
 async def test_dry_run_is_one_read(
