@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkmate.cli_tasks import tasks_app
 from checkmate.cli_tokens import refuse_open_network_bind, token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
@@ -26,6 +27,7 @@ app = typer.Typer(help="CheckMate: operate pipeline tasks at scale.", no_args_is
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
+app.add_typer(tasks_app, name="tasks")
 console = Console()
 
 
