@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from typing import TYPE_CHECKING, Annotated
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -15,6 +16,7 @@ from checkmate.cli_tasks import tasks_app
 from checkmate.cli_tokens import refuse_open_network_bind, token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
+from checkmate.demo import ROLES as DEMO_ROLES
 from checkmate.gcpolicy import apply_process_policy
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
@@ -91,30 +93,35 @@ def _hangup_as_terminate() -> None:
 
 @app.command()
 def demo(
-    count: Annotated[int, typer.Option(help="Tasks per status.")] = 2,
+    tasks: Annotated[
+        int, typer.Option(min=len(DEMO_ROLES), help="How many demo.pipeline tasks to make.")
+    ] = 24,
 ) -> None:
-    """Create demo.pipeline tasks and bring some into every status a database alone can give."""
+    """Make a realistic picture: tasks in every status over several queues and tags, stage
+    metadata, a failed stage with its traceback, a dead worker's stale lock, an orphaned
+    RUNNING task and cleaned tasks; prints their ids."""
+    from checkmate.demo import create_demo
 
-    async def run() -> None:
+    async def run() -> tuple[dict[str, list[UUID]], dict[StageStatus, int]]:
         service = await CheckMateService.open()
         try:
-            created = [
-                await service.create("demo.pipeline", tags=["demo"], params={"stages": 3})
-                for _ in range(count * 4)
-            ]
-            ids = [task.id for task in created]
-            await service.invoke(ids[count:], dry_run=False)
-            await service.cancel(ids[2 * count : 3 * count], dry_run=False)
-            await service.invoke(ids[3 * count :], dry_run=False)
-            counts = await service.count_by_status()
+            return await create_demo(service, tasks), await service.count_by_status()
         finally:
             await service.close()
-        table = Table("status", "tasks")
-        for status in StageStatus:
-            table.add_row(status.value, str(counts.get(status, 0)))
-        console.print(table)
 
-    asyncio.run(run())
+    by_role, counts = asyncio.run(run())
+    roles = Table("role", "ids")
+    for role, ids in by_role.items():
+        roles.add_row(role, "\n".join(str(task_id) for task_id in ids))
+    console.print(roles)
+    table = Table("status", "tasks")
+    for status in StageStatus:
+        table.add_row(status.value, str(counts.get(status, 0)))
+    console.print(table)
+    console.print(
+        "try: checkmate tasks list --status RUNNING; checkmate tasks unlock --status RUNNING; "
+        f"checkmate tasks get {by_role['failed'][0]}"
+    )
 
 
 @app.command()
