@@ -72,6 +72,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from checkmate import metrics
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
 from checkmate.db.tables import EVENTS_CHANNEL
@@ -387,6 +388,7 @@ class EventHub:
 
     def _fan_out(self, events: Iterable[tuple[StatusEvent, TaskFacts]], late: bool) -> None:
         dropped: list[_Subscriber] = []
+        pushed = 0
         for event, facts in events:
             filters: Iterable[TaskFilter] = self._unindexed
             indexed = self._by_task.get(event.task_id)
@@ -396,8 +398,11 @@ class EventHub:
                 if not matches(task_filter, event, facts):
                     continue
                 for subscriber in self._groups[task_filter]:
-                    if not subscriber.lagging and not subscriber.push(event, late):
-                        dropped.append(subscriber)
+                    if not subscriber.lagging:
+                        pushed += 1
+                        if not subscriber.push(event, late):
+                            dropped.append(subscriber)
+        metrics.EVENTS_FANNED_OUT.inc(pushed)
         for subscriber in dropped:
             LAGGING.inc()
             self._unregister(subscriber)

@@ -14,6 +14,7 @@ from schema.access import SubscriptionsOverWebsockets
 from schema.errors import ErrorCodes
 from schema.execution import PlainLeavesExecutionContext
 from schema.limits import Limits
+from schema.operations import OperationMetrics
 from schema.resolvers import Mutation, Query, Subscription
 
 # Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
@@ -50,6 +51,7 @@ def build_schema(*, fast_leaves: bool = True, limits: Limits | None = None) -> C
         subscription=Subscription,
         execution_context_class=PlainLeavesExecutionContext if fast_leaves else None,
         extensions=[
+            OperationMetrics,
             # The token limit is a parse option: it must be set before the (cached) parse.
             *(limits or Limits()).extensions(),
             lambda: QueryParserCache(maxsize=CACHE_SIZE),
