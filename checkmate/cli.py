@@ -112,8 +112,9 @@ def db_stop(
     Refused (exit 1) while live CheckMate processes use it, as they would lose their database;
     processes that died without releasing it (kill -9, a closed terminal) do not count.
     """
-    from checkmate.db import embedded_compat
+    from checkmate.db.engine import embedded
 
+    embedded_compat = embedded()
     settings = get_settings()
     if settings.database_url:
         typer.echo(
@@ -293,5 +294,16 @@ def worker(
     )
 
 
+def run() -> None:
+    """The `checkmate` command: a missing embedded extra is one line, not a traceback."""
+    from checkmate.db.engine import EmbeddedUnavailable
+
+    try:
+        app()
+    except EmbeddedUnavailable as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()
