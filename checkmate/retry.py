@@ -75,7 +75,7 @@ class RetriesExhausted(Exception):
     last error."""
 
 
-async def retry_on_lost_connection(
+async def retry_call(
     call: Callable[[], Awaitable[T]],
     *,
     max_seconds: float,

@@ -24,7 +24,7 @@ import asyncpg
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
 from checkmate.models import StageStatus
-from checkmate.retry import connection_lost, retry_on_lost_connection
+from checkmate.retry import connection_lost, retry_call
 
 log = logging.getLogger("checkmate.worker")
 T = TypeVar("T")
@@ -145,7 +145,7 @@ class WorkerDatabase:
             async with self.statement() as conn:
                 return await call(conn)
 
-        result = await retry_on_lost_connection(
+        result = await retry_call(
             once, max_seconds=self.retry_seconds, on_retry=self.lost
         )
         self.back()
