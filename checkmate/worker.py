@@ -19,14 +19,11 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from checkmate.db import queries
 from checkmate.db.tables import QUEUED_CHANNEL
@@ -36,6 +33,7 @@ from checkmate.service import CheckMateService
 from checkmate.store import StoreError
 from checkmate.tasks import Stage, StageContext, StageResult, TaskKindError, get_kind
 from checkmate.worker_db import Run, WorkerDatabase
+from checkmate.worker_run import Claim, Outcome, Plan, RunResult, is_ours, stage_data
 
 log = logging.getLogger(__name__)
 
@@ -49,74 +47,6 @@ def default_worker_name() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Outcome(Enum):
-    COMPLETED = "completed"
-    ERROR = "error"
-    # The task stopped being ours between stages (canceled, or unlocked by an operator).
-    STOPPED = "stopped"
-    # The worker is shutting down: the task goes back to QUEUED for another worker.
-    REQUEUE = "requeue"
-
-
-@dataclass(slots=True)
-class Plan:
-    """What a claimed task will run: its params, its stages and what earlier runs left."""
-
-    params: dict[str, Any] = field(default_factory=dict)
-    stages: list[Stage] = field(default_factory=list)
-    previous: dict[int, StageMetadata] = field(default_factory=dict)
-    error: str | None = None
-
-    def done_before(self, index: int) -> StageMetadata | None:
-        """The metadata an earlier run left for stage `index`, if it is the same stage."""
-        before = self.previous.get(index)
-        # A different name means the kind's plan changed since: a different stage.
-        return before if before is not None and before.name == self.stages[index].name else None
-
-    def first_to_run(self) -> str | None:
-        for index, stage in enumerate(self.stages):
-            before = self.done_before(index)
-            if before is None or before.status is not StageStatus.COMPLETED:
-                return stage.name
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    run: Run
-    lock: TaskLock
-    plan: Plan
-
-    @property
-    def task_id(self) -> UUID:
-        return self.run.task_id
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    outcome: Outcome
-    error: str | None = None
-
-
-def _stage_data(result: Any, recorded: dict[str, Any]) -> dict[str, Any] | None:
-    """What a stage returned merged with what it recorded; must survive a JSON round trip."""
-    if result is None:
-        data = dict(recorded)
-    elif isinstance(result, dict):
-        data = {**result, **recorded}
-    else:
-        data = {"result": result, **recorded}
-    # Checked here, inside the stage's try, so unserialisable data fails the stage, not the worker.
-    return orjson.loads(orjson.dumps(data)) if data else None
-
-
-def _is_ours(lock: TaskLock | None, claim: Claim) -> bool:
-    return lock is not None and (lock.owner, lock.acquired_at) == (
-        claim.lock.owner,
-        claim.lock.acquired_at,
-    )
 
 
 class Worker:
@@ -408,7 +338,7 @@ class Worker:
     async def _release(self, claim: Claim) -> None:
         """Delete the lock if it is still the one this claim wrote (an operator may have
         unlocked the task and another worker claimed it since)."""
-        if _is_ours(await self.store.get_lock(claim.task_id), claim):
+        if is_ours(await self.store.get_lock(claim.task_id), claim):
             await self.store.delete_lock(claim.task_id)
 
     async def _run_task(self, claim: Claim) -> RunResult:
@@ -451,14 +381,14 @@ class Worker:
         await self.store.put_stage(ctx.task_id, meta)
         clock = time.perf_counter()
         try:
-            data = _stage_data(await self._call(stage, ctx), ctx.recorded)
+            data = stage_data(await self._call(stage, ctx), ctx.recorded)
             update: dict[str, Any] = {"status": StageStatus.COMPLETED, "data": data}
         except Exception as error:
             update = {
                 "status": StageStatus.ERROR,
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc(),
-                "data": _stage_data(None, ctx.recorded),
+                "data": stage_data(None, ctx.recorded),
             }
         update |= {"finished_at": _now(), "duration_seconds": time.perf_counter() - clock}
         meta = meta.model_copy(update=update)
@@ -498,7 +428,7 @@ class Worker:
                 except TimeoutError:
                     pass
                 try:
-                    if not _is_ours(await self.store.get_lock(claim.task_id), claim):
+                    if not is_ours(await self.store.get_lock(claim.task_id), claim):
                         return  # unlocked by an operator: never bring the lock back
                     await self.store.put_lock(
                         claim.task_id, claim.lock.model_copy(update={"heartbeat_at": _now()})
