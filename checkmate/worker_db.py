@@ -63,7 +63,9 @@ class WorkerDatabase:
         self._idle: list[asyncpg.Connection] = []
         self._claim: asyncpg.Connection | None = None
         self._lost_at: float | None = None
+        # Finishes that arrived while one was in flight, and whether one is.
         self._finishing: list[_Finish] = []
+        self._finishing_now = False
         self._finisher: asyncio.Task[None] | None = None
 
     # --- connections ----------------------------------------------------------------------
@@ -191,38 +193,50 @@ class WorkerDatabase:
 
     async def finish(self, run: Run, status: StageStatus, error: str | None) -> bool:
         """Set the run's terminal status; False when the task is no longer this run's
-        (canceled or unlocked meanwhile). Outcomes that arrive while a statement is in flight
-        go together in the next one."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finishing.append(_Finish(run, status, error, done))
-        if self._finisher is None or self._finisher.done():
-            self._finisher = asyncio.create_task(self._finish_pending())
-        return await done
+        (canceled or unlocked meanwhile). Outcomes that arrive while a finish is in flight go
+        together in one statement after it."""
+        if self._finishing_now:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._finishing.append(_Finish(run, status, error, done))
+            return await done
+        self._finishing_now = True
+        try:
+            applied = await self._finish_batch([(run, status, error)])
+        finally:
+            if self._finishing:
+                # Those that queued behind this one go in one statement, off this task's path.
+                self._finisher = asyncio.create_task(self._finish_queued())
+            else:
+                self._finishing_now = False
+        return run.task_id in applied
 
-    async def _finish_pending(self) -> None:
+    async def _finish_queued(self) -> None:
         while self._finishing:
             batch, self._finishing = self._finishing, []
             try:
-                applied = await self._finish_batch(batch)
+                applied = await self._finish_batch([(f.run, f.status, f.error) for f in batch])
             except Exception as error:
                 for item in batch:
                     item.done.set_exception(error)
                 continue
             for item in batch:
                 item.done.set_result(item.run.task_id in applied)
+        self._finishing_now = False
 
-    async def _finish_batch(self, batch: list[_Finish]) -> set[UUID]:
-        outcomes = [(f.run.task_id, f.run.attempts, f.status, f.error) for f in batch]
+    async def _finish_batch(
+        self, batch: list[tuple[Run, StageStatus, str | None]]
+    ) -> set[UUID]:
+        outcomes = [(run.task_id, run.attempts, status, error) for run, status, error in batch]
         applied = await self._retrying(
             lambda conn: queries.finish_tasks(conn, self.worker, outcomes)
         )
-        rest = [f for f in batch if f.run.task_id not in applied]
+        rest = [(run, status) for run, status, _ in batch if run.task_id not in applied]
         if rest:
             # Not changed now: canceled or unlocked meanwhile, or changed by a try whose
             # reply was lost. The row tells which.
-            states = await self._run_states([f.run.task_id for f in rest])
+            states = await self._run_states([run.task_id for run, _ in rest])
             applied |= {
-                f.run.task_id for f in rest
-                if self._is(states.get(f.run.task_id), f.run, f.status.value)
+                run.task_id for run, status in rest
+                if self._is(states.get(run.task_id), run, status.value)
             }
         return applied
