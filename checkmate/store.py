@@ -15,17 +15,26 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import obstore
 import orjson
-from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    GenericError,
+    NotFoundError,
+    PreconditionError,
+)
 from obstore.store import LocalStore, MemoryStore, ObjectStore, S3Store
 from pydantic import BaseModel, ValidationError
 
 from checkmate.models import StageMetadata, TaskLock, TaskObject
 from checkmate.retry import Backoff, RetriesExhausted, retry_call
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 T = TypeVar("T")
 # A task's objects as read_many returns them: task object, stage metadata, lock.
@@ -56,7 +65,7 @@ def stage_path(task_id: UUID, index: int, name: str) -> str:
 # obstore (object_store) retries 5xx answers (503 SlowDown included), connection errors and
 # timeouts of idempotent requests itself, for up to STORE_RETRY_SECONDS.
 STORE_RETRY_SECONDS = 60.0
-_OBSTORE_RETRY: Any = {
+_OBSTORE_RETRY: RetryConfig = {
     "max_retries": 15,
     "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=5)},
     "retry_timeout": timedelta(seconds=STORE_RETRY_SECONDS),
@@ -76,7 +85,7 @@ def transient_store_error(error: BaseException) -> bool:
     error, a timeout, a dropped connection. False for what repeating cannot fix: a missing
     object, a refused permission, a failed precondition, a bad path."""
     if isinstance(error, BaseError):
-        return type(error).__name__ == "GenericError" and bool(_TRANSIENT.search(str(error)))
+        return isinstance(error, GenericError) and bool(_TRANSIENT.search(str(error)))
     return isinstance(error, ConnectionError | TimeoutError)
 
 

