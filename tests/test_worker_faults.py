@@ -60,7 +60,7 @@ def _logs(workers: list[WorkerProcess]) -> str:
 
 async def _assert_each_ran_once(
     service: CheckMateService, ids: set[UUID], runs: Path, raw_conn: asyncpg.Connection
-) -> None:
+) -> str:
     """Every task COMPLETED on its first attempt; each stage ran exactly once (the per-run
     side effect), so no task ever ran twice, at once or after another."""
     lines = _stage_runs(runs)
@@ -86,6 +86,9 @@ async def _assert_each_ran_once(
     assert {tuple(row["statuses"]) for row in rows} == {
         ("CREATED", "QUEUED", "RUNNING", "COMPLETED")
     }
+    # For the record (pytest -s): how long a run took from claim to finish.
+    spans = sorted((t.finished_at - t.started_at).total_seconds() for t in tasks)  # type: ignore[operator]
+    return f"claim to finish: median {spans[len(spans) // 2]:.2f}s, longest {spans[-1]:.2f}s"
 
 
 def _stage_runs(runs: Path) -> Counter[tuple[str, ...]]:
@@ -189,11 +192,11 @@ async def test_drill_every_worker_connection_terminated_twice_mid_run(
     await wait_until(lambda: _at_least(service, 60), 60, lambda: _logs(workers))
     elapsed = time.monotonic() - started
     await wait_until(lambda: _no_locks(service, ids), 10)
-    await _assert_each_ran_once(service, ids, runs, raw_conn)
+    spans = await _assert_each_ran_once(service, ids, runs, raw_conn)
     logs = _logs(workers)
     assert "Traceback" not in logs
     assert "outcome not recorded" not in logs
-    print(f"\ndrill: 60 tasks in {elapsed:.1f}s; outages seen by workers: {_outages(logs)}")
+    print(f"\ndrill: 60 tasks in {elapsed:.1f}s, {spans}; outages: {_outages(logs)}")
 
 
 async def _at_least(service: CheckMateService, count: int) -> bool:
@@ -267,7 +270,7 @@ async def test_workers_resume_after_a_postgres_restart(
         resumed = time.monotonic() - stopped
         raw_conn = await asyncpg.connect(asyncpg_dsn(own_server))
         try:
-            await _assert_each_ran_once(service, ids, runs, raw_conn)
+            spans = await _assert_each_ran_once(service, ids, runs, raw_conn)
         finally:
             await raw_conn.close()
         logs = _logs(workers)
@@ -276,7 +279,7 @@ async def test_workers_resume_after_a_postgres_restart(
             w.log().count("lost the database") == w.log().count("database back") >= 1
             for w in workers
         )
-        print(f"\nrestart: all done {resumed:.1f}s after the stop; outages: {_outages(logs)}")
+        print(f"\nrestart: done {resumed:.1f}s after the stop, {spans}; outages: {_outages(logs)}")
     finally:
         await service.close()
 
@@ -309,11 +312,11 @@ async def test_workers_complete_every_task_while_s3_answers_503_to_every_third_r
             assert proxy.refused >= 20
             # Lock creates that landed but were answered 503 were resolved by reading back.
             assert proxy.refused_creates >= 1
-        await _assert_each_ran_once(service, ids, runs, raw_conn)
+        spans = await _assert_each_ran_once(service, ids, runs, raw_conn)
         logs = _logs(workers)
         assert "Traceback" not in logs
         assert "store error" not in logs
-        print(f"\n503s: 20 tasks in {elapsed:.1f}s, {proxy.refused} of {proxy.requests} refused")
+        print(f"\n503s: 20 tasks in {elapsed:.1f}s, {spans}; {proxy.refused} refused")
     finally:
         await service.close()
 
