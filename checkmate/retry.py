@@ -11,7 +11,9 @@ The worker uses it for every database call; the API process can use it for its r
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +27,11 @@ T = TypeVar("T")
 # 57P01-57P03 (admin shutdown, crash shutdown, cannot connect now: a restart or a failover).
 _LOST_SQLSTATE_CLASSES = ("08",)
 _LOST_SQLSTATES = {"57P01", "57P02", "57P03"}
+# A server's socket file gone (stopped), a network that cannot reach it. Not every OSError: a
+# full disk or a refused permission is no lost connection.
+_LOST_ERRNOS = {
+    errno.ENOENT, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+}
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -50,8 +57,13 @@ def _is_lost(error: BaseException) -> bool:
     # SQLAlchemy marks the errors it found the connection dead on.
     if getattr(error, "connection_invalidated", False):
         return True
-    # Refused, reset, broken pipe, unreachable, DNS: the server is not there (yet).
-    return isinstance(error, OSError | TimeoutError | ConnectionError)
+    # Refused, reset, broken pipe, unreachable, no socket file, DNS: not there (yet).
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if isinstance(error, OSError):
+        # asyncio's "Multiple exceptions: [Errno 111] Connect call failed ..." has no errno.
+        return error.errno in _LOST_ERRNOS or "Connect call failed" in str(error)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ def test_connection_lost_accepts_what_a_failover_raises_and_nothing_else() -> No
         ConnectionRefusedError(111, "refused"),
         ConnectionResetError(104, "reset"),
         TimeoutError(),
+        FileNotFoundError(2, "No such file or directory"),  # a stopped server's socket
+        OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432)"),
     ]
     for error in lost:
         assert connection_lost(error), error
@@ -49,6 +51,8 @@ def test_connection_lost_accepts_what_a_failover_raises_and_nothing_else() -> No
         asyncpg.exceptions.QueryCanceledError("statement timeout"),
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
         ValueError("bad"),
+        OSError(28, "No space left on device"),
+        PermissionError(13, "Permission denied"),
     ]:
         assert not connection_lost(error), error
 
