@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkmate.cli_tokens import refuse_open_network_bind, token_app
 from checkmate.db.engine import create_engine, resolve_database_url
 from checkmate.db.migrate import upgrade
+from checkmate.gcpolicy import apply_process_policy
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from checkmate.settings import get_settings
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
 app = typer.Typer(help="CheckMate: operate pipeline tasks at scale.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 console = Console()
 
 
@@ -81,15 +87,33 @@ def serve(
             ),
         ),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="CHECKMATE_INSECURE",
+            help="Serve a non-loopback address even while no API token exists (open access).",
+        ),
+    ] = False,
 ) -> None:
     """Run the GraphQL API with uvicorn (embedded database when none is configured)."""
     import uvicorn
 
+    refuse_open_network_bind(host, insecure)
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(
-        "server:create_app", factory=True, host=host, port=port, reload=reload,
+        "checkmate.cli:serving_app", factory=True, host=host, port=port, reload=reload,
         ws_per_message_deflate=ws_compression,
     )
+
+
+def serving_app() -> Starlette:
+    """The app `checkmate serve` runs, in a process with CheckMate's GC policy. uvicorn calls
+    this factory in the process that serves (also the one --reload restarts), so the policy is
+    set there and only there: apps built by tests or embedded elsewhere keep their collector."""
+    from server import create_app
+
+    apply_process_policy()
+    return create_app()
 
 
 @app.command()
@@ -105,6 +129,7 @@ def worker(
     from checkmate.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    apply_process_policy()
     raise typer.Exit(
         run_worker(
             queues=queue or ["default"],

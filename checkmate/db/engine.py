@@ -78,7 +78,14 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, statement_timeout: float = 0.0
+) -> AsyncEngine:
+    """statement_timeout: seconds any statement on the engine's sessions may run (0: none), so
+    that no request can hold a connection and its locks indefinitely."""
+    server_settings = {"application_name": "checkmate"}
+    if statement_timeout > 0:
+        server_settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
@@ -87,5 +94,5 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # Statements are built per call (arrays of ids of any length); asyncpg's own prepared
         # statement cache is what makes repeats cheap.
         query_cache_size=1200,
-        connect_args={"server_settings": {"application_name": "checkmate"}},
+        connect_args={"server_settings": server_settings},
     )
