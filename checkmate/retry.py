@@ -54,6 +54,10 @@ def _is_lost(error: BaseException) -> bool:
     if isinstance(error, asyncpg.InterfaceError):
         # asyncpg's own "connection is closed" / "connection was closed in the middle of ...".
         return "closed" in str(error)
+    if isinstance(error, asyncpg.InternalClientError):
+        # A connection the server cut while it sat idle: its protocol is still consuming the
+        # FATAL message ("another operation (2) is in progress") when the next statement comes.
+        return "another operation" in str(error)
     # SQLAlchemy marks the errors it found the connection dead on.
     if getattr(error, "connection_invalidated", False):
         return True

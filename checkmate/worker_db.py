@@ -88,10 +88,18 @@ class WorkerDatabase:
                 self._claim.terminate()
                 self._claim = None
 
+    def _idle_connection(self) -> asyncpg.Connection | None:
+        """An idle connection still open (the server may have cut some while they idled)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+        return None
+
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection for one statement (its own transaction)."""
-        conn = self._idle.pop() if self._idle else await self.connect()
+        conn = self._idle_connection() or await self.connect()
         try:
             yield conn
         except BaseException as error:
@@ -102,7 +110,9 @@ class WorkerDatabase:
     @asynccontextmanager
     async def claim_transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """The claim loop's connection, in a transaction that commits when the block ends."""
-        conn, self._claim = self._claim or await self.connect(), None
+        conn, self._claim = self._claim, None
+        if conn is None or conn.is_closed():
+            conn = await self.connect()
         try:
             async with conn.transaction():
                 yield conn

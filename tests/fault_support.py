@@ -28,6 +28,15 @@ async def terminate_worker_connections(conn: asyncpg.Connection) -> int:
     return int(killed)
 
 
+async def worker_connection_count(conn: asyncpg.Connection) -> int:
+    count = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = $1",
+        WORKER_APPLICATION,
+    )
+    return int(count)
+
+
 class PgProxy:
     """A loopback TCP proxy in front of PostgreSQL. Armed with a byte pattern, it forwards the
     first client message that contains it, lets the server answer (so whatever it committed

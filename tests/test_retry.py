@@ -33,6 +33,7 @@ def test_connection_lost_accepts_what_a_failover_raises_and_nothing_else() -> No
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
         asyncpg.exceptions.ConnectionFailureError("08006"),
         asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is running"),
         ConnectionRefusedError(111, "refused"),
         ConnectionResetError(104, "reset"),
         TimeoutError(),

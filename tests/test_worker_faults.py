@@ -28,7 +28,12 @@ from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from checkmate.worker import Worker
 from checkmate.worker_db import Run, WorkerDatabase
-from tests.fault_support import PgProxy, SlowDownProxy, terminate_worker_connections
+from tests.fault_support import (
+    PgProxy,
+    SlowDownProxy,
+    terminate_worker_connections,
+    worker_connection_count,
+)
 from tests.test_store import BUCKET, _lock, s3_endpoint  # noqa: F401  (a fixture)
 from tests.worker_support import StartWorker, WorkerProcess, wait_until
 
@@ -187,7 +192,9 @@ async def test_drill_every_worker_connection_terminated_twice_mid_run(
 
     for completed in (15, 35):
         await wait_until(lambda c=completed: _at_least(service, c), 60, lambda: _logs(workers))
-        # Each worker holds a LISTEN and at least one statement connection.
+        # Each worker holds a LISTEN and at least one statement connection; after the first
+        # kill they may still be reconnecting, so wait until they are all back.
+        await wait_until(lambda: _connections_at_least(raw_conn, 4), 30, lambda: _logs(workers))
         assert await terminate_worker_connections(raw_conn) >= 4
 
     await wait_until(lambda: _at_least(service, 60), 60, lambda: _logs(workers))
@@ -198,6 +205,10 @@ async def test_drill_every_worker_connection_terminated_twice_mid_run(
     assert "Traceback" not in logs
     assert "outcome not recorded" not in logs
     print(f"\ndrill: 60 tasks in {elapsed:.1f}s, {spans}; outages: {_outages(logs)}")
+
+
+async def _connections_at_least(raw_conn: asyncpg.Connection, count: int) -> bool:
+    return await worker_connection_count(raw_conn) >= count
 
 
 async def _at_least(service: CheckMateService, count: int) -> bool:
