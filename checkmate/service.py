@@ -7,13 +7,13 @@ import base64
 import builtins
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate import actions
@@ -28,8 +28,10 @@ from checkmate.actions import (
     StoreFacts,
 )
 from checkmate.db import queries
+from checkmate.db.database import Database
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
+from checkmate.errors import ServiceError as ServiceError  # re-exported: its old home
 from checkmate.gcpause import allocation_burst
 from checkmate.models import (
     STATUS_BY_VALUE,
@@ -52,20 +54,6 @@ log = logging.getLogger(__name__)
 
 BatchResults = tuple[list[CheckMateTaskBatchResult], list[CheckMateTaskBatchResult]]
 TaskIds = Sequence[str | UUID] | str | UUID | None
-
-
-class ServiceError(Exception):
-    """An operation refused or failed as a whole; `code` says which kind of error it is."""
-
-    BAD_USER_INPUT = "BAD_USER_INPUT"
-    NOT_FOUND = "NOT_FOUND"
-    UNAVAILABLE = "UNAVAILABLE"
-    INTERNAL = "INTERNAL_SERVER_ERROR"
-
-    def __init__(self, message: str, code: str = BAD_USER_INPUT) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +164,12 @@ class CheckMateService:
     def __init__(
         self, engine: AsyncEngine, store: TaskStore, settings: Settings, database_url: str
     ) -> None:
+        # The typed seam to PostgreSQL (maps an unreachable database to UNAVAILABLE); the event
+        # hub and workers use it too. `engine` and `database_url` are the same, kept for callers.
+        self.database = Database(engine, database_url)
         self.engine = engine
         self.store = store
         self.settings = settings
-        # The libpq URL the engine was built from; the LISTEN connection and workers use it too.
         self.database_url = database_url
 
     @classmethod
@@ -196,7 +186,7 @@ class CheckMateService:
         return cls(engine, store, settings, url)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.dispose()
         if self.settings.database_url is None:
             await asyncio.to_thread(stop_embedded, self.settings.resolved_data_dir)
 
@@ -667,17 +657,8 @@ class CheckMateService:
             if isinstance(result, BaseException):
                 decisions[task_id] = decisions[task_id].failed(f"store error: {result}")
 
-    @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (DBAPIError, OSError) as error:
-            if isinstance(error, DBAPIError) and not error.connection_invalidated:
-                raise
-            raise ServiceError(
-                "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
-            ) from error
+    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.database.connect()
 
 
 def _facts(
