@@ -272,7 +272,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
-        hub = EventHub(service)
+        hub = EventHub(service.database, service.settings)
         try:
             await hub.start()
             app.state.service, app.state.hub = service, hub

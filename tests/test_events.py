@@ -16,7 +16,8 @@ import pytest
 
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
-from checkmate.events import EventHub, SubscriberLagging, TaskFacts, _Snapshot, matches
+from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
+from checkmate.events.reader import Snapshot as _Snapshot
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
 
@@ -26,7 +27,7 @@ Events = AsyncGenerator[StatusEvent, None]
 @pytest.fixture
 async def hub(service: CheckMateService) -> AsyncIterator[EventHub]:
     # A keep-alive longer than any test: recovery must come from the reconnect, not a poll.
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     await hub.start()
     yield hub
     await hub.stop()
@@ -82,7 +83,7 @@ async def nothing_more(
 
 
 async def caught_up(hub: EventHub) -> None:
-    async with hub.service.engine.connect() as conn:
+    async with hub.database.connect() as conn:
         newest = await queries.select_last_event_id(conn)
     for _ in range(1_000):
         if hub.delivered >= newest:
@@ -158,10 +159,10 @@ async def test_out_of_order_commits_are_delivered_in_id_order(
         await set_status(raw_conn, [second_task], StageStatus.QUEUED)  # commits first
         newest = (await stored_events(raw_conn))[-1]["id"]
         for _ in range(500):
-            if hub._read_upto >= newest:
+            if hub.reader.read_upto >= newest:
                 break
             await asyncio.sleep(0.01)
-        assert hub._read_upto >= newest, "the reader never saw the committed event"
+        assert hub.reader.read_upto >= newest, "the reader never saw the committed event"
         assert not first.done(), "an event above an open transaction's id was not held back"
         await transaction.commit()
     finally:
@@ -189,8 +190,8 @@ async def test_a_rolled_back_hole_does_not_stall_the_feed(
     assert received.task_id == second_task
     # The hole was resolved by visibility, well before max_hold would have skipped it.
     assert hub.max_hold > 5
-    assert not hub._holes
-    assert not hub._overdue
+    assert not hub.reader.holes
+    assert not hub.reader.overdue
 
 
 async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
@@ -198,7 +199,7 @@ async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
 ) -> None:
     first_task, second_task = await new_tasks(raw_conn, 2)
     slow = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         transaction = slow.transaction()
         await transaction.start()
@@ -300,7 +301,7 @@ async def test_terminating_the_listen_connection_during_1000_changes_loses_nothi
 async def test_an_overflowing_subscriber_is_dropped_while_another_gets_everything(
     service: CheckMateService, raw_conn: asyncpg.Connection
 ) -> None:
-    hub = EventHub(service, keepalive=60, max_queue=10)
+    hub = EventHub(service.database, service.settings, keepalive=60, max_queue=10)
     await hub.start()
     try:
         ids = await new_tasks(raw_conn, 1)
@@ -420,7 +421,7 @@ async def test_prune_deletes_only_events_older_than_the_retention(
         "UPDATE status_events SET changed_at = now() - $1::interval - interval '1 minute'"
         " WHERE id = ANY($2)", retention, old,
     )
-    hub = EventHub(service, prune_batch=4)
+    hub = EventHub(service.database, service.settings, prune_batch=4)
     assert await hub.prune() == 9
     remaining = [row["id"] for row in await stored_events(raw_conn)]
     assert len(remaining) == 5
@@ -455,10 +456,10 @@ async def test_a_hole_held_by_a_newer_xid_than_the_last_commit_is_not_skipped(
         await older_tx.commit()  # the newest commit is now the OLDER xid: `newer` >= xmax
         newest = (await stored_events(raw_conn))[-1]["id"]
         for _ in range(500):
-            if hub._read_upto >= newest:
+            if hub.reader.read_upto >= newest:
                 break
             await asyncio.sleep(0.01)
-        assert hub._read_upto >= newest, "the reader never saw the committed event"
+        assert hub.reader.read_upto >= newest, "the reader never saw the committed event"
         await asyncio.sleep(3 * hub.gap_poll)  # several reads while `newer` is still open
         assert not first.done(), "an event above an open transaction's id was not held back"
         assert hub.delivered < newest
@@ -478,7 +479,7 @@ async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
     first_task, second_task = await new_tasks(raw_conn, 2)
     older = await asyncpg.connect(asyncpg_dsn(database_url))
     newer = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         older_tx, newer_tx = older.transaction(), newer.transaction()
         await older_tx.start()

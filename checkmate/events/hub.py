@@ -1,55 +1,6 @@
-"""Status events: one dedicated LISTEN connection per process, fanned out in memory.
-
-INTERFACE (the GraphQL layer codes against it):
-
-    hub = EventHub(service, max_queue=...)   # service: CheckMateService (engine + database_url)
-    await hub.start()                        # opens the dedicated asyncpg LISTEN connection
-    async for event in hub.subscribe(task_filter, after_event_id):   # StatusEvent objects
-        ...
-    await hub.stop()
-
-`subscribe` raises SubscriberLagging(last_event_id) when the subscriber's bounded queue
-overflowed; the client resumes with afterEventId = last_event_id.
-
-How the reader delivers every event exactly once, in id order
--------------------------------------------------------------
-Event ids come from a sequence, so concurrent transactions may commit out of id order (6 visible
-before 5) and rolled-back ones leave holes that never fill. The hub keeps a cursor `delivered`:
-every id at or below it was dispatched or is known never to exist. Rows above a hole are held
-until the hole resolves, so every subscriber sees strictly increasing ids and `afterEventId` is
-an exact cursor on any server process: a client that saw id N has seen every event below N.
-
-A hole resolves by transaction visibility, not by a timer. Each read is one statement that
-returns pg_current_snapshot() S, the snapshot its rows come from, and pg_current_xact_id() X, an
-xid the reading transaction takes while the statement runs, so after S was taken. Say id h is
-missing below a visible id b. The writer T of h drew h before b was drawn, and b's writer
-committed before S. The trigger writes the task row (which gives T its xid) before it draws an
-event id, so T had its xid before S: xid(T) < X. And at S, T had rolled back or was running
-(had it committed, h would be visible), and then xid(T) >= S.xmin. So once every xid in
-[S.xmin, X], the hole's candidate range, has ended, T has ended. A later read whose snapshot S2
-shows that (X < S2.xmax and none of S2's in-progress xids in the range) and still lacks h
-proves that T rolled back: the cursor moves on. A hole never resolves in the read that found
-it (X is not yet ended in S). A committed hole resolves as soon as a read sees its row; only
-rolled-back holes wait for their range, so an unrelated long transaction in it delays them
-(up to `max_hold`).
-Starting up, the hub places its cursor the same way: below the oldest hole that was filled
-meanwhile or may still be, else at the newest event.
-
-The range is not S's in-progress list (xip). A snapshot lists there only the running xids
-below its xmax, which is latestCompletedXid + 1; a running transaction with a newer xid is in
-no list at all. That is the common case of short concurrent writers: A takes xid 100, B takes
-xid 101 and draws id 7, A draws 8 and commits. A snapshot now has xmax 101 and an empty xip,
-though B is running. Treating the xip as the candidates therefore skipped holes whose
-transactions then committed: those events were never delivered (the bug this design fixes).
-X bounds the newer xids without knowing them, and costs one xid per read.
-
-Commits wake the reader by NOTIFY; rollbacks do not, so while holes are open the reader polls:
-soon after a read that found new holes (their writers are usually finished by then), then
-every `gap_poll` seconds.
-
-Only a transaction kept open for longer than `max_hold` (a forgotten psql session) would stall
-the feed; past that its hole is skipped and watched as "overdue", and if it commits later its
-events are still delivered to live subscribers, late and out of order (logged).
+"""The event hub: one dedicated LISTEN connection per process, the reader loop, the fan-out to
+subscribers, their backfill, and event pruning. Which rows are delivered when is decided by
+the pure EventReader (reader.py); this module does the I/O around it.
 
 A LISTEN connection that drops is reopened with backoff; the cursor lives in memory, so the next
 read replays everything committed meanwhile. Fan-out never waits on a subscriber: each has a
@@ -64,20 +15,31 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
 from checkmate.db import queries
-from checkmate.db.engine import asyncpg_dsn
+from checkmate.db.database import Database
 from checkmate.db.tables import EVENTS_CHANNEL
-from checkmate.models import StageStatus, StatusEvent, TaskFilter
+from checkmate.errors import ServiceError
+from checkmate.events.reader import (
+    EventReader,
+    EventRow,
+    Snapshot,
+    check_event_id,
+    check_resume,
+    event_from_row,
+    matches,
+    missing,
+    start_position,
+)
+from checkmate.models import StatusEvent, TaskFilter
+from checkmate.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("checkmate.events")
 
 SUBSCRIBERS = Gauge("checkmate_event_subscribers", "Open status-event subscriptions.")
 EVENTS_READ = Counter("checkmate_events_read_total", "Status events read by the event hub.")
@@ -89,9 +51,6 @@ LISTEN_APPLICATION_NAME = "checkmate-listen"
 # for; an id drawn by a transaction that has been open for longer than that is not.
 _START_LOOKBACK = 10_000
 _BACKFILL_PAGE = 1_000
-# A read after the one that found a hole proves it rolled back if its writer has ended: most
-# are short transactions, so that read comes soon rather than after `gap_poll`.
-_CONFIRM_DELAY = 0.02
 
 
 class SubscriberLagging(Exception):
@@ -102,83 +61,6 @@ class SubscriberLagging(Exception):
             f"subscriber fell too far behind; resubscribe with afterEventId={last_event_id}"
         )
         self.last_event_id = last_event_id
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFacts:
-    """Fields of the event's task that filters match on, read with the event."""
-
-    name: str | None
-    tags: tuple[str, ...]
-    created_at: datetime | None
-    cleaned: bool | None
-
-
-def matches(task_filter: TaskFilter, event: StatusEvent, facts: TaskFacts) -> bool:
-    """The TaskFilter semantics of queries.filter_clause, applied to one event."""
-    f = task_filter
-    created = facts.created_at
-    return (
-        (f.ids is None or event.task_id in f.ids)
-        and (f.status is None or event.status == f.status)
-        and (f.statuses is None or event.status in f.statuses)
-        and (f.queue is None or event.queue == f.queue)
-        and (not f.tags or set(f.tags).issubset(facts.tags))
-        and (f.since is None or (created is not None and created >= f.since))
-        and (f.until is None or (created is not None and created < f.until))
-        and (f.cleaned is None or facts.cleaned is f.cleaned)
-        and (f.name is None or facts.name == f.name)
-    )
-
-
-def _from_row(row: Any) -> tuple[StatusEvent, TaskFacts]:
-    previous = row.previous_status
-    event = StatusEvent.model_construct(
-        event_id=row.id,
-        task_id=row.task_id,
-        status=StageStatus(row.status),
-        previous_status=StageStatus(previous) if previous is not None else None,
-        stage=row.stage,
-        queue=row.queue,
-        changed_at=row.changed_at,
-    )
-    facts = TaskFacts(row.name, tuple(row.tags or ()), row.created_at, row.cleaned)
-    return event, facts
-
-
-@dataclass(frozen=True, slots=True)
-class _Hole:
-    """A missing id whose writer's xid is in [low, high]: see "How the reader ..." above."""
-
-    low: int  # xmin of the snapshot of the read that found it
-    high: int  # the xid that read drew after its snapshot
-    seen_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """A pg_snapshot, from its text form 'xmin:xmax:xip,xip,...'."""
-
-    xmin: int
-    xmax: int
-    xip: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> _Snapshot:
-        xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), tuple(int(xid) for xid in xip.split(",") if xid))
-
-    def all_ended(self, low: int, high: int) -> bool:
-        """Every transaction with an xid in [low, high] had ended when this snapshot was taken.
-
-        Xids at or above xmax count as running though xip does not list them."""
-        return high < self.xmax and not any(low <= xid <= high for xid in self.xip)
-
-
-def _missing(ids: list[int]) -> list[int]:
-    """The ids absent between the first and last of `ids` (ascending)."""
-    present = set(ids)
-    return [i for i in range(ids[0], ids[-1]) if i not in present] if ids else []
 
 
 class _Subscriber:
@@ -204,13 +86,13 @@ class _Subscriber:
         if len(self.queue) >= self.max_queue:
             self.lagging = True
             self.queue.clear()
-            self._wake()
+            self.wake()
             return False
         self.queue.append(event)
-        self._wake()
+        self.wake()
         return True
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -228,11 +110,24 @@ class _Subscriber:
 
 
 class EventHub:
-    """The process's LISTEN connection, event reader, fan-out and event pruning."""
+    """The process's LISTEN connection, event reader, fan-out and event pruning.
+
+        hub = EventHub(database, settings, max_queue=...)
+        await hub.start()                  # opens the dedicated asyncpg LISTEN connection
+        async for event in hub.subscribe(task_filter, after_event_id):   # StatusEvent objects
+            ...
+        await hub.stop()
+
+    `subscribe` raises SubscriberLagging(last_event_id) when the subscriber's bounded queue
+    overflowed (the client resumes with afterEventId = last_event_id), and ServiceError for an
+    afterEventId it cannot resume after (BAD_USER_INPUT, EVENTS_PRUNED) or a database that
+    cannot be reached (UNAVAILABLE), before it delivers anything.
+    """
 
     def __init__(
         self,
-        service: Any,
+        database: Database,
+        settings: Settings,
         *,
         max_queue: int = 1_000,
         batch_size: int = 5_000,
@@ -243,21 +138,16 @@ class EventHub:
         prune_batch: int = 10_000,
         reconnect_max_delay: float = 5.0,
     ) -> None:
-        self.service = service
+        self.database = database
+        self.retention = settings.event_retention
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.keepalive = keepalive
         self.gap_poll = gap_poll
-        self.max_hold = max_hold
         self.prune_interval = prune_interval
         self.prune_batch = prune_batch
         self.reconnect_max_delay = reconnect_max_delay
-        self.delivered = 0
-        self._read_upto = 0
-        self._held: dict[int, tuple[StatusEvent, TaskFacts]] = {}
-        self._holes: dict[int, _Hole] = {}
-        self._overdue: dict[int, _Hole] = {}
-        self._new_holes = False
+        self.reader = EventReader(max_hold=max_hold)
         self._groups: dict[TaskFilter, set[_Subscriber]] = {}
         self._by_task: dict[UUID, set[TaskFilter]] = {}
         self._unindexed: set[TaskFilter] = set()
@@ -266,6 +156,15 @@ class EventHub:
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def delivered(self) -> int:
+        """Every event id at or below this was dispatched or never exists."""
+        return self.reader.delivered
+
+    @property
+    def max_hold(self) -> float:
+        return self.reader.max_hold
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -292,7 +191,7 @@ class EventHub:
         await self._close_listen()
         for subscribers in self._groups.values():
             for subscriber in subscribers:
-                subscriber._wake()
+                subscriber.wake()
 
     @property
     def listener_pid(self) -> int | None:
@@ -315,6 +214,10 @@ class EventHub:
         the backfill stops at the hub's cursor at registration and live events start above it.
         """
         task_filter = task_filter or TaskFilter()
+        if after_event_id is not None:
+            check_event_id(after_event_id)
+            if after_event_id != self.delivered:  # this hub's own cursor needs no check
+                await self._check_resume(after_event_id)
         position = self.delivered
         after = position if after_event_id is None else after_event_id
         subscriber = _Subscriber(task_filter, after, self.max_queue)
@@ -334,15 +237,20 @@ class EventHub:
         finally:
             self._unregister(subscriber)
 
+    async def _check_resume(self, after: int) -> None:
+        async with self.database.connect() as conn:
+            oldest, newest = await queries.select_event_bounds(conn)
+        check_resume(after, oldest, newest)
+
     async def _backfill(
         self, subscriber: _Subscriber, after: int, upto: int
     ) -> AsyncIterator[StatusEvent]:
         # Overdue ids (skipped holes that may still commit) come live, late, whenever they
         # commit; reading them here too could send them twice.
-        overdue = set(self._overdue)
+        overdue = set(self.reader.overdue)
         cursor = after
         while cursor < upto:
-            async with self.service.engine.connect() as conn:
+            async with self.database.connect() as conn:
                 rows = await queries.select_events_after(conn, cursor, limit=_BACKFILL_PAGE)
             if not rows:
                 return
@@ -350,7 +258,7 @@ class EventHub:
                 if row.id > upto:
                     return
                 cursor = row.id
-                event, facts = _from_row(row)
+                event, facts = event_from_row(row)
                 if row.id not in overdue and matches(subscriber.filter, event, facts):
                     yield event
 
@@ -385,7 +293,7 @@ class EventHub:
                 if not filters:
                     del self._by_task[task_id]
 
-    def _fan_out(self, events: Iterable[tuple[StatusEvent, TaskFacts]], late: bool) -> None:
+    def _fan_out(self, events: Iterable[EventRow], late: bool) -> None:
         dropped: list[_Subscriber] = []
         for event, facts in events:
             filters: Iterable[TaskFilter] = self._unindexed
@@ -406,94 +314,39 @@ class EventHub:
 
     async def _place_cursor(self) -> None:
         """Start at the newest event, or below the oldest hole that may fill or has filled."""
-        async with self.service.engine.connect() as conn:
-            snapshot, xid, ids = await queries.select_event_id_tail(conn, _START_LOOKBACK)
-        holes = _missing(ids)
-        if holes:
-            # A second snapshot, once the first read's xid ended: if every writer that could
-            # hold a hole has ended, only the holes filled meanwhile are not rolled back.
-            async with self.service.engine.connect() as conn:
-                later, _, filled = await queries.select_event_batch(conn, ids[-1], holes, limit=0)
-            if _Snapshot.parse(later).all_ended(_Snapshot.parse(snapshot).xmin, xid):
-                holes = [row.id for row in filled]
-        # Rows between the cursor and the newest were committed before start; re-reading them
-        # turns the holes among them into tracked holes.
-        self.delivered = self._read_upto = holes[0] - 1 if holes else (ids[-1] if ids else 0)
+        async with self.database.connect() as conn:
+            first, xid, ids = await queries.select_event_id_tail(conn, _START_LOOKBACK)
+        later, filled = first, []
+        if missing(ids):
+            # A second snapshot, once the first read's xid ended: which holes filled meanwhile.
+            async with self.database.connect() as conn:
+                later, _, rows = await queries.select_event_batch(
+                    conn, ids[-1], missing(ids), limit=0
+                )
+            filled = [row.id for row in rows]
+        self.reader.start_at(
+            start_position(ids, Snapshot.parse(first), xid, Snapshot.parse(later), filled)
+        )
 
     async def read_once(self) -> bool:
         """Read new rows once, resolve holes, dispatch what is in order. True if more remain."""
-        asked = sorted({*self._holes, *self._overdue})
-        async with self.service.engine.connect() as conn:
+        async with self.database.connect() as conn:
             text, xid, rows = await queries.select_event_batch(
-                conn, self._read_upto, asked, limit=self.batch_size
+                conn, self.reader.read_upto, self.reader.asked(), limit=self.batch_size
             )
         EVENTS_READ.inc(len(rows))
-        snapshot = _Snapshot.parse(text)
-        now = time.monotonic()
-        found = _Hole(snapshot.xmin, xid, now)
-        late: list[tuple[StatusEvent, TaskFacts]] = []
-        above = 0
-        newest = self._read_upto
-        for row in rows:
-            if row.id in self._overdue:
-                del self._overdue[row.id]
-                late.append(_from_row(row))
-                log.warning("event %s committed after its hole was skipped; delivered late", row.id)
-            elif row.id <= self._read_upto:
-                self._holes.pop(row.id, None)
-                self._held[row.id] = _from_row(row)
-            else:
-                above += 1
-                for missing in range(newest + 1, row.id):
-                    self._holes[missing] = found
-                    self._new_holes = True
-                newest = row.id
-                self._held[row.id] = _from_row(row)
-        self._read_upto = newest
-        self._resolve(snapshot)
-        if late:
-            self._fan_out(late, late=True)
-        self._fan_out(self._release(now), late=False)
-        return above >= self.batch_size
-
-    def _resolve(self, snapshot: _Snapshot) -> None:
-        """Forget the holes (and overdue ids) whose writers all ended in `snapshot`: the rows
-        read with it lack them, so they were rolled back."""
-        ended: dict[_Hole, bool] = {}  # holes found by one read share one _Hole
-        for holes in (self._holes, self._overdue):
-            for hole_id, hole in list(holes.items()):
-                verdict = ended.get(hole)
-                if verdict is None:
-                    verdict = ended[hole] = snapshot.all_ended(hole.low, hole.high)
-                if verdict:
-                    del holes[hole_id]
-
-    def _release(self, now: float) -> list[tuple[StatusEvent, TaskFacts]]:
-        """Advance the cursor over held rows and resolved holes, up to the first open hole."""
-        ready: list[tuple[StatusEvent, TaskFacts]] = []
-        while self.delivered < self._read_upto:
-            next_id = self.delivered + 1
-            held = self._held.pop(next_id, None)
-            if held is not None:
-                ready.append(held)
-            elif next_id in self._holes:
-                hole = self._holes[next_id]
-                if now - hole.seen_at < self.max_hold:
-                    break
-                log.warning("event id %s held back for %.0fs; skipping it", next_id, self.max_hold)
-                self._overdue[next_id] = self._holes.pop(next_id)
-            self.delivered = next_id
-        return ready
+        delivery = self.reader.apply(
+            Snapshot.parse(text), xid, [event_from_row(row) for row in rows], time.monotonic()
+        )
+        if delivery.late:
+            self._fan_out(delivery.late, late=True)
+        self._fan_out(delivery.ready, late=False)
+        return delivery.above >= self.batch_size
 
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            timeout = self.keepalive
-            if self._new_holes:
-                timeout = min(self.gap_poll, _CONFIRM_DELAY)
-            elif self._holes or self._overdue:
-                timeout = self.gap_poll
-            self._new_holes = False
+            timeout = self.reader.next_wait(self.keepalive, self.gap_poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -510,9 +363,8 @@ class EventHub:
     # --- the LISTEN connection -----------------------------------------------------------
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(
-            asyncpg_dsn(self.service.database_url),
-            server_settings={"application_name": LISTEN_APPLICATION_NAME},
+        conn = await self.database.raw_connect(
+            server_settings={"application_name": LISTEN_APPLICATION_NAME}
         )
         self._listen_lost.clear()
         conn.add_termination_listener(lambda _conn: self._listen_lost.set())
@@ -563,7 +415,7 @@ class EventHub:
         while True:
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+            except (ServiceError, OSError, asyncpg.PostgresError, TimeoutError) as error:
                 log.warning("event LISTEN reconnect failed (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max_delay)
@@ -574,15 +426,19 @@ class EventHub:
     # --- pruning -------------------------------------------------------------------------
 
     async def prune(self) -> int:
-        """Delete events older than the retention, in short batches; the number deleted."""
-        cutoff = datetime.now(UTC) - self.service.settings.event_retention
+        """Delete the events older than the retention (a prefix of ids; the newest event is
+        always kept), in short batches; the number deleted."""
+        cutoff = datetime.now(UTC) - self.retention
+        async with self.database.connect() as conn:
+            bound = await queries.select_prune_bound(conn, cutoff)
         total = 0
-        while True:
-            async with self.service.engine.begin() as conn:
-                deleted = await queries.delete_events_batch(conn, cutoff, limit=self.prune_batch)
+        while bound is not None:
+            async with self.database.begin() as conn:
+                deleted = await queries.delete_events_below(conn, bound, limit=self.prune_batch)
             total += deleted
             if deleted < self.prune_batch:
-                return total
+                break
+        return total
 
     async def _prune_loop(self) -> None:
         while True:
