@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -36,6 +35,7 @@ from checkmate.events.reader import (
     missing,
     start_position,
 )
+from checkmate.events.subscriber import Subscriber
 from checkmate.models import StatusEvent, TaskFilter
 from checkmate.settings import Settings
 
@@ -51,62 +51,6 @@ LISTEN_APPLICATION_NAME = "checkmate-listen"
 # for; an id drawn by a transaction that has been open for longer than that is not.
 _START_LOOKBACK = 10_000
 _BACKFILL_PAGE = 1_000
-
-
-class SubscriberLagging(Exception):
-    """The subscriber fell behind and was dropped; resume with `last_event_id`."""
-
-    def __init__(self, last_event_id: int) -> None:
-        super().__init__(
-            f"subscriber fell too far behind; resubscribe with afterEventId={last_event_id}"
-        )
-        self.last_event_id = last_event_id
-
-
-class _Subscriber:
-    """One subscription's bounded queue; the hub pushes, the subscribe() generator pops."""
-
-    __slots__ = ("after", "filter", "lagging", "last_event_id", "max_queue", "queue", "waiter")
-
-    def __init__(self, task_filter: TaskFilter, after: int, max_queue: int) -> None:
-        self.filter = task_filter
-        self.after = after
-        self.last_event_id = after
-        self.max_queue = max_queue
-        self.queue: deque[StatusEvent] = deque()
-        self.lagging = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def push(self, event: StatusEvent, late: bool) -> bool:
-        """Queue one event; False when the queue is full (the caller drops this subscriber)."""
-        # In-order events at or below `after` reached this client already (it came from another
-        # process that is ahead); late ones may be new to it, so they are not dropped.
-        if event.event_id <= self.after and not late:
-            return True
-        if len(self.queue) >= self.max_queue:
-            self.lagging = True
-            self.queue.clear()
-            self.wake()
-            return False
-        self.queue.append(event)
-        self.wake()
-        return True
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def next_batch(self, hub_closed: asyncio.Event) -> list[StatusEvent]:
-        while not self.queue:
-            if self.lagging:
-                raise SubscriberLagging(self.last_event_id)
-            if hub_closed.is_set():
-                return []
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-        batch = list(self.queue)
-        self.queue.clear()
-        return batch
 
 
 class EventHub:
@@ -148,7 +92,7 @@ class EventHub:
         self.prune_batch = prune_batch
         self.reconnect_max_delay = reconnect_max_delay
         self.reader = EventReader(max_hold=max_hold)
-        self._groups: dict[TaskFilter, set[_Subscriber]] = {}
+        self._groups: dict[TaskFilter, set[Subscriber]] = {}
         self._by_task: dict[UUID, set[TaskFilter]] = {}
         self._unindexed: set[TaskFilter] = set()
         self._wake = asyncio.Event()
@@ -220,7 +164,7 @@ class EventHub:
                 await self._check_resume(after_event_id)
         position = self.delivered
         after = position if after_event_id is None else after_event_id
-        subscriber = _Subscriber(task_filter, after, self.max_queue)
+        subscriber = Subscriber(task_filter, after, self.max_queue)
         self._register(subscriber)
         try:
             if after_event_id is not None and after_event_id < position:
@@ -243,7 +187,7 @@ class EventHub:
         check_resume(after, oldest, newest)
 
     async def _backfill(
-        self, subscriber: _Subscriber, after: int, upto: int
+        self, subscriber: Subscriber, after: int, upto: int
     ) -> AsyncIterator[StatusEvent]:
         # Overdue ids (skipped holes that may still commit) come live, late, whenever they
         # commit; reading them here too could send them twice.
@@ -262,7 +206,7 @@ class EventHub:
                 if row.id not in overdue and matches(subscriber.filter, event, facts):
                     yield event
 
-    def _register(self, subscriber: _Subscriber) -> None:
+    def _register(self, subscriber: Subscriber) -> None:
         task_filter = subscriber.filter
         group = self._groups.get(task_filter)
         if group is None:
@@ -275,7 +219,7 @@ class EventHub:
         group.add(subscriber)
         SUBSCRIBERS.inc()
 
-    def _unregister(self, subscriber: _Subscriber) -> None:
+    def _unregister(self, subscriber: Subscriber) -> None:
         task_filter = subscriber.filter
         group = self._groups.get(task_filter)
         if group is None or subscriber not in group:
@@ -294,7 +238,7 @@ class EventHub:
                     del self._by_task[task_id]
 
     def _fan_out(self, events: Iterable[EventRow], late: bool) -> None:
-        dropped: list[_Subscriber] = []
+        dropped: list[Subscriber] = []
         for event, facts in events:
             filters: Iterable[TaskFilter] = self._unindexed
             indexed = self._by_task.get(event.task_id)
