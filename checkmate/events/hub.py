@@ -53,6 +53,15 @@ _START_LOOKBACK = 10_000
 _BACKFILL_PAGE = 1_000
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` passed. Not asyncio.wait_for: on Python 3.11 it
+    swallows a cancellation that arrives as the event is set (gh-86296), and a hub task that
+    ignored stop()'s cancel kept running and hung the shutdown."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 class EventHub:
     """The process's LISTEN connection, event reader, fan-out and event pruning.
 
@@ -128,9 +137,9 @@ class EventHub:
         self._closed.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not `with suppress(CancelledError): await task`, which would also swallow a
+        # cancellation of stop() itself.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._close_listen()
         for subscribers in self._groups.values():
@@ -291,8 +300,7 @@ class EventHub:
         failures = 0
         while True:
             timeout = self.reader.next_wait(self.keepalive, self.gap_poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await _wait(self._wake, timeout)
             self._wake.clear()
             try:
                 while await self.read_once():
@@ -344,13 +352,13 @@ class EventHub:
     async def _keep_alive(self) -> None:
         """Return when the LISTEN connection is gone or stops answering."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listen_lost.wait(), self.keepalive)
+            await _wait(self._listen_lost, self.keepalive)
             conn = self._listen_conn
             if self._listen_lost.is_set() or conn is None or conn.is_closed():
                 return
             try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.keepalive)
+                async with asyncio.timeout(self.keepalive):
+                    await conn.fetchval("SELECT 1")
             except Exception:
                 return
 
