@@ -6,16 +6,16 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,13 +33,17 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 
+from checkmate.access import AccessControl
 from checkmate.events import EventHub
-from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
-from checkmate.settings import Settings
-from schema import schema
+from checkmate.settings import Settings, get_settings
+from schema import build_schema
+from schema.access import ConnectionWatch, authenticate_connection, error_body
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.graphiql import graphiql_assets, graphiql_page
+from schema.http_gates import AuthenticationGate, BodySizeLimit
+from schema.limits import Limits
 from schema.metrics import LATENCY, REQUESTS
 
 log = logging.getLogger("checkmate.api")
@@ -88,8 +92,59 @@ def _sink(
     )
 
 
+TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+# Close code of a websocket whose token stopped being valid (graphql-transport-ws' 4401).
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def _over_limit(handler: Any, message: Any, running: Any) -> dict[str, Any] | None:
+    """The error for an operation over the connection's limit (strawberry's own refusal has
+    no code), or None. `running`: the handler's operations in flight, by id."""
+    limit = handler.max_subscriptions_per_connection
+    if (
+        not handler.connection_acknowledged
+        or limit is None
+        or message.get("id") in running
+        or len(running) < limit
+    ):
+        return None
+    message = f"at most {limit} operations at once on one connection"
+    return error_body(message, TOO_MANY_SUBSCRIPTIONS)
+
+
+def _forget(handler: Any) -> None:
+    """A closing websocket leaves the revocation watch."""
+    state = handler.context.request.app.state
+    watch: ConnectionWatch | None = getattr(state, "connection_watch", None)
+    if watch is not None:
+        watch.discard(handler)
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_subscribe(self, message: Any) -> None:
+        error = _over_limit(self, message, self.operations)
+        if error is not None:
+            refusal: Any = {"id": message["id"], "type": "error", "payload": [error]}
+            await self.send_message(refusal)
+            return
+        await super().handle_subscribe(message)
+
+    async def shutdown(self) -> None:
+        _forget(self)
+        await super().shutdown()
+
+    async def end(self, error: dict[str, Any]) -> None:
+        """Every operation ends with `error`, then the socket closes (token revoked)."""
+        for operation in list(self.operations.values()):
+            ending: Any = {"id": operation.id, "type": "error", "payload": [error]}
+            await operation.send_operation_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         sink = _sink(
@@ -103,6 +158,29 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
 
 class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     """graphql-ws (subscriptions-transport-ws), the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_start(self, message: Any) -> None:
+        error = _over_limit(self, message, self.tasks)
+        if error is not None:
+            refusal: Any = {"type": "error", "id": message["id"], "payload": error}
+            await self.send_message(refusal)
+            return
+        await super().handle_start(message)
+
+    async def cleanup(self) -> None:
+        _forget(self)
+        await super().cleanup()
+
+    async def end(self, error: dict[str, Any]) -> None:
+        for operation_id in list(self.tasks):
+            self.tasks.pop(operation_id).cancel()
+            ending: Any = {"type": "error", "id": operation_id, "payload": error}
+            await self.send_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def handle_async_results(
         self,
@@ -126,11 +204,21 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
         super().__init__(*args, **kwargs)
         self.broadcast = Broadcast(self.schema)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page(request)
+
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # strawberry reads .get() off whatever the body decodes to: `null` or `3` was a 500.
+        parsed = super().parse_json(data)
+        if not isinstance(parsed, dict | list):
+            raise HTTPException(400, "the request body must be a JSON object")
+        return parsed
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -146,7 +234,15 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
             request=request,
             response=response,
             cache_loads=isinstance(request, Request),
+            # HTTP: set by AuthenticationGate; websockets: by on_ws_connect.
+            principal=request.scope.get("state", {}).get("principal"),
         )
+
+    async def on_ws_connect(self, context: GraphQLContext) -> None:
+        """connection_init: the token in its payload decides before anything else runs."""
+        state = context.request.app.state
+        context.principal = await authenticate_connection(state.access, context.connection_params)
+        state.connection_watch.add(context.ws_handler, context.principal)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
@@ -247,49 +343,56 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-# Young-generation collections every 50,000 allocations instead of 700. Fanning one event out to
-# 10,000 websockets allocates a few objects per socket that live only until the fan-out ends;
-# collected every 700 allocations, they were promoted while still alive, and the promotions set
-# off full collections of a heap of millions of long-lived subscription objects: 1-2 s pauses
-# (p99 2.2 s at 10,000 subscriptions; 0.5 s with this threshold, and a third less server CPU).
-# Same young threshold as checkmate.gcpause's bursts, which then keep it (they never lower it).
-GC_THRESHOLD = (BURST_THRESHOLD, 20, 100)
-
-
-@contextmanager
-def _gc_threshold(threshold: tuple[int, int, int]) -> Iterator[None]:
-    previous = gc.get_threshold()
-    gc.set_threshold(*threshold)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The app; its lifespan opens the service (database and store) and the event hub."""
+    """The app; its lifespan opens the service (database and store), the event hub and the
+    token snapshot."""
+    settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
         hub = EventHub(service.database, service.settings)
+        access = AccessControl(service.engine, ttl=settings.token_cache_ttl)
+        watch = ConnectionWatch(access, interval=settings.token_cache_ttl)
         try:
             await hub.start()
             app.state.service, app.state.hub = service, hub
-            with _gc_threshold(GC_THRESHOLD):
-                yield
+            app.state.access, app.state.connection_watch = access, watch
+            if await access.is_open():
+                log.warning(
+                    "access is open: no API token exists, every client is an operator; "
+                    "create one with: checkmate token create --role operator --name NAME"
+                )
+            watch.start()
+            yield
         finally:
+            await watch.stop()
             await hub.stop()
             await service.close()
 
-    graphql = GraphQLRouter(schema, keep_alive=True, keep_alive_interval=15)
+    graphql = GraphQLRouter(
+        build_schema(limits=Limits.from_settings(settings)),
+        keep_alive=True,
+        keep_alive_interval=15,
+    )
+    graphql.max_subscriptions_per_connection = settings.max_subscriptions_per_connection
     routes = [
         Route("/graphql", graphql, methods=None),
         WebSocketRoute("/graphql", graphql),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    # The last added runs first: metrics see every answer; a request is authenticated from its
+    # headers before its body is read; the body is bounded before GraphQL parses it.
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        AuthenticationGate,
+        access=lambda: app.state.access,
+        public=frozenset({"/healthz", "/readyz", "/metrics"}),
+        public_prefixes=("/graphql/static/",),  # GraphiQL's assets
+    )
     app.add_middleware(MetricsMiddleware)
     return app

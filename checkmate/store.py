@@ -18,10 +18,11 @@ from uuid import UUID
 import obstore
 import orjson
 from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
-from obstore.store import LocalStore, MemoryStore, ObjectStore, S3Store
+from obstore.store import MemoryStore, ObjectStore, S3Store
 from pydantic import BaseModel, ValidationError
 
 from checkmate.models import StageMetadata, TaskLock, TaskObject
+from checkmate.obstore_compat import LocalStore  # its file layout is shared: see there
 
 T = TypeVar("T")
 # A task's objects as read_many returns them: task object, stage metadata, lock.

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import DocumentNode, ExecutionResult, GraphQLError, Node, VariableNode
-from graphql.execution import Executor
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.http.exceptions import WebSocketDisconnected
 
@@ -38,6 +37,7 @@ from checkmate.models import StatusEvent
 from schema.context import GraphQLContext
 from schema.dataloaders import Loaders
 from schema.errors import coded
+from schema.graphql_compat import Executor
 
 if TYPE_CHECKING:
     from strawberry.schema import BaseSchema

@@ -37,8 +37,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it (websocket
-    compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
+    """`uvicorn checkmate.cli:serving_app` in its own process, as `checkmate serve` runs it
+    (websocket compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class ServerProcess:
         ws_compression: bool = False,
         env: Mapping[str, str] | None = None,
         cli: bool = False,
+        stderr: Any = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -60,7 +61,7 @@ class ServerProcess:
             **(env or {}),
         }
         command = [
-            sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+            sys.executable, "-m", "uvicorn", "checkmate.cli:serving_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
             "--ws-max-queue", "1024",
             "--ws-per-message-deflate", "true" if ws_compression else "false",
@@ -70,7 +71,7 @@ class ServerProcess:
                 sys.executable, "-m", "checkmate.cli", "serve", "--port", str(self.port),
                 *(["--ws-compression"] if ws_compression else []),
             ]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=stderr)
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 from checkmate.settings import Settings
 from server import create_app
 from tests.graphql_helpers import insert_tasks
+from tests.support import bounded, wait_until
 
 SUBSCRIPTION = """
 subscription Feed($filter: TaskFilter, $after: ID) {
@@ -30,14 +31,6 @@ subscription Feed($filter: TaskFilter, $after: ID) {
   }
 }"""
 TIMEOUT = 15
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -53,13 +46,13 @@ async def serving(settings: Settings) -> AsyncIterator[Served]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    await until(lambda: server.started)
+    await wait_until(lambda: server.started, TIMEOUT)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield Served(f"ws://127.0.0.1:{port}/graphql", app)
     finally:
         server.should_exit = True
-        await task
+        await bounded(task, "uvicorn shutdown (lifespan: EventHub.stop, service.close)")
 
 
 class TransportWs:
@@ -137,7 +130,7 @@ async def subscribed(
     hub = feed.app.state.hub
     before = hub.subscriber_count
     await feed.subscribe(variables, query=query)
-    await until(lambda: hub.subscriber_count > before)
+    await wait_until(lambda: hub.subscriber_count > before, TIMEOUT)
 
 
 @pytest.mark.parametrize("kind", [TransportWs, LegacyWs], ids=["transport-ws", "legacy-ws"])

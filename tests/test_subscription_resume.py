@@ -4,9 +4,7 @@ uvicorn server on loopback."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -18,29 +16,18 @@ from checkmate.events import EventHub
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
 from tests.subscription_support import SUBSCRIPTION
+from tests.support import wait_until
 from tests.test_graphql_subscriptions import (
-    TIMEOUT,
     LegacyWs,
     TransportWs,
     client,
     serving,
 )
 
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T]]) -> T:
-    """The first truthy answer of `probe`, polled until TIMEOUT."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if answer := await probe():
-                return answer
-            await asyncio.sleep(0.01)
-
 
 async def caught_up(hub: EventHub, raw_conn: asyncpg.Connection) -> None:
     """The hub delivered every event committed so far."""
-    await eventually(lambda: has_delivered(hub, raw_conn))
+    await wait_until(lambda: has_delivered(hub, raw_conn))
 
 
 async def has_delivered(hub: EventHub, raw_conn: asyncpg.Connection) -> bool:
@@ -99,7 +86,7 @@ async def test_an_after_event_id_whose_successors_were_pruned_says_so(
     oldest_kept = events[4]
     async with serving(settings) as served:
         # The hub prunes when it starts (then hourly).
-        await eventually(lambda: oldest_is(raw_conn, oldest_kept))
+        await wait_until(lambda: oldest_is(raw_conn, oldest_kept))
         async with client(served) as feed:
             await feed.subscribe({"after": str(events[1])}, query=SUBSCRIPTION)
             error = only_error(await feed.receive())
@@ -185,6 +172,6 @@ async def terminate_backfill(raw_conn: asyncpg.Connection) -> None:
         " AND wait_event_type = 'Lock' AND query LIKE '%status_events%'"
         " AND query NOT LIKE '%pg_current_snapshot%'"  # the hub's own read loop
     )
-    rows = await eventually(lambda: raw_conn.fetch(waiting))
+    rows = await wait_until(lambda: raw_conn.fetch(waiting))
     for pid in [row["pid"] for row in rows]:
         await raw_conn.execute("SELECT pg_terminate_backend($1)", pid)

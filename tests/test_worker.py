@@ -18,6 +18,7 @@ from checkmate.events import EventHub
 from checkmate.models import StageStatus, TaskFilter, TaskLock
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
+from tests.support import bounded
 from tests.worker_support import WorkerProcess, wait_status, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
@@ -243,11 +244,19 @@ async def test_user_task_module_with_sync_and_async_stages_and_recorded_data(
         # The sync stage blocks its thread for longer than the lock timeout; the heartbeat
         # goes on in the event loop, so the lock never looks stale.
         beats = set()
-        while (await service.get(task.id, include_metadata=False)).stage == "prepare":
+
+        async def prepare_ended() -> bool:
             current = await service.get(task.id)
-            if current.lock is not None and current.stage == "prepare":
+            if current.stage != "prepare":
+                return True
+            if current.lock is not None:
                 assert not current.lock.stale
                 beats.add(current.lock.heartbeat_at)
+            return False
+
+        # Every 50 ms, not as fast as it can: on a loaded machine, a tight loop of reads would
+        # starve the worker whose heartbeats it watches.
+        await wait_until(prepare_ended, 20, worker.log, interval=0.05)
         assert len(beats - {acquired}) >= 2
 
         done = await wait_status(service, task.id, "COMPLETED")
@@ -361,7 +370,7 @@ async def test_subscribers_see_queued_running_completed_for_each_task(
             for task_id in ids
         }
     finally:
-        await hub.stop()
+        await bounded(hub.stop(), "EventHub.stop")
         collector.cancel()
 
 

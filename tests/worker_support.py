@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
+from tests.support import wait_until
+
+__all__ = ["WorkerProcess", "wait_status", "wait_until", "worker_env"]
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKMATE = Path(sys.executable).parent / "checkmate"
@@ -61,35 +62,13 @@ class WorkerProcess:
         self.process.send_signal(signum)
 
     async def exit_code(self, within: float = 20) -> int:
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker did not exit; log:\n{self.log()}")
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: self.process.poll() is not None, within, self.log)
         return self.process.returncode
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
-
-
-async def wait_until(
-    condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
-    within: float = 20,
-    describe: Callable[[], str] | None = None,
-) -> Any:
-    """Poll `condition` (sync or async) until truthy; return its value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out" + (f"; worker log:\n{describe()}" if describe else ""))
-        await asyncio.sleep(0.02)
 
 
 async def wait_status(

@@ -73,8 +73,9 @@ class Database:
         self.dsn = asyncpg_dsn(url)
 
     @classmethod
-    def create(cls, url: str, *, pool_size: int = 10) -> Database:
-        return cls(create_engine(url, pool_size=pool_size), url)
+    def create(cls, url: str, *, pool_size: int = 10, statement_timeout: float = 0.0) -> Database:
+        engine = create_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
+        return cls(engine, url)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
