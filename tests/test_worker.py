@@ -335,7 +335,7 @@ async def test_subscribers_see_queued_running_completed_for_each_task(
     # Three workers commit short claim and finish transactions concurrently, so event ids
     # commit out of order with interleaved xids: the hub must hold and deliver every one.
     ids, _ = await _queue_record_runs(service, 300, tmp_path / "runs.log", start_worker)
-    hub = EventHub(service)
+    hub = EventHub(service.database, service.settings)
     await hub.start()
     seen: dict[UUID, list[StageStatus]] = {}
 

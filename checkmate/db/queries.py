@@ -369,7 +369,7 @@ async def ping(conn: AsyncConnection) -> None:
     await conn.execute(select(true()))
 
 
-# --- events (the subscription hub's reader and pruner, checkmate/events.py) ---
+# --- events (the subscription hub's reader and pruner, checkmate/events/) ---
 
 
 def _events_with_task_facts() -> Select[Any]:
@@ -387,7 +387,8 @@ def _snapshot_and_xid() -> tuple[Any, Any]:
     # pg_current_snapshot() is the running statement's own snapshot, taken before it executes:
     # the rows and the in-progress list it returns describe the same instant.
     # pg_current_xact_id() gives the reading transaction an xid while the statement executes,
-    # so it is newer than every xid assigned before that snapshot (events.py bounds holes by it).
+    # so it is newer than every xid assigned before that snapshot (events/reader.py bounds holes
+    # by it).
     return (
         cast(func.pg_current_snapshot(), Text).label("snapshot"),
         cast(func.pg_current_xact_id(), Text).label("xid"),
@@ -430,12 +431,37 @@ async def select_event_id_tail(conn: AsyncConnection, limit: int) -> tuple[str, 
     return snapshot, int(xid), sorted(ids or [])
 
 
-async def delete_events_batch(conn: AsyncConnection, cutoff: datetime, *, limit: int) -> int:
-    """Delete up to `limit` events older than cutoff; short statements keep locks and WAL small."""
+async def select_event_bounds(conn: AsyncConnection) -> tuple[int | None, int]:
+    """The oldest and newest stored event ids (None and 0 when there are none)."""
+    query = select(func.min(status_events.c.id), func.coalesce(func.max(status_events.c.id), 0))
+    oldest, newest = (await conn.execute(query)).one()
+    return oldest, int(newest)
+
+
+async def select_prune_bound(conn: AsyncConnection, cutoff: datetime) -> int | None:
+    """The lowest id pruning keeps: that of the first event at or after cutoff, else the newest
+    event's. Pruning deletes every id below it, a prefix, so the table always holds every event
+    from its oldest on, and the newest event always (see events/reader.py: where a
+    subscription may resume)."""
+    first_kept = (
+        select(status_events.c.id)
+        .where(status_events.c.changed_at >= cutoff)
+        .order_by(status_events.c.changed_at, status_events.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    newest = select(func.max(status_events.c.id)).scalar_subquery()
+    bound: int | None = (await conn.execute(select(func.coalesce(first_kept, newest)))).scalar()
+    return bound
+
+
+async def delete_events_below(conn: AsyncConnection, bound: int, *, limit: int) -> int:
+    """Delete up to `limit` of the oldest events with ids below `bound`; short statements keep
+    locks and WAL small."""
     oldest = (
         select(status_events.c.id)
-        .where(status_events.c.changed_at < cutoff)
-        .order_by(status_events.c.changed_at)
+        .where(status_events.c.id < bound)
+        .order_by(status_events.c.id)
         .limit(limit)
     )
     query = delete(status_events).where(status_events.c.id.in_(oldest.scalar_subquery()))
