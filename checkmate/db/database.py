@@ -29,33 +29,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate.db.engine import asyncpg_dsn, create_engine
 from checkmate.errors import ServiceError
+from checkmate.retry import connection_lost
 
 UNREACHABLE_MESSAGE = "the database is unreachable; retry shortly"
 
-# SQLSTATEs that say "no usable connection", besides class 08 (connection exception):
-# admin/crash shutdown and "starting up" (57P0x), too many connections, the database dropped.
-_UNREACHABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "3D000"})
+# Besides a lost connection (checkmate.retry.connection_lost, which the worker retries on):
+# too many connections and the database dropped also mean "no usable connection" to a client.
+_UNREACHABLE_STATES = frozenset({"53300", "3D000"})
 
 
 def is_unreachable(error: BaseException) -> bool:
     """True when `error` (or what it wraps) says the database cannot be reached or the
     connection was lost, rather than that a statement failed."""
+    if connection_lost(error):
+        return True
+    current: BaseException | None = error
     seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
+    while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError):  # refused, reset, timed out (TimeoutError)
-            return True
-        if isinstance(current, DBAPIError) and current.connection_invalidated:
-            return True
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str) and (state.startswith("08") or state in _UNREACHABLE_STATES):
+        if getattr(current, "sqlstate", None) in _UNREACHABLE_STATES:
             return True
         # SQLAlchemy wraps the driver's error in .orig, the asyncpg adapter in __cause__.
-        pending.extend((getattr(current, "orig", None), current.__cause__, current.__context__))
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return False
 
 
