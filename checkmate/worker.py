@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -32,6 +32,7 @@ from checkmate.retry import Backoff, RetriesExhausted, connection_lost
 from checkmate.service import CheckMateService
 from checkmate.store import StoreError
 from checkmate.tasks import Stage, StageContext, StageResult, TaskKindError, get_kind
+from checkmate.waiting import wait_event
 from checkmate.worker_db import Run, WorkerDatabase
 from checkmate.worker_run import Claim, Outcome, Plan, RunResult, is_ours, stage_data
 
@@ -146,15 +147,13 @@ class Worker:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep `seconds` or until stop()."""
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_event(self._stopping, seconds)
 
     async def _idle(self) -> None:
         """Sleep until a notification, a stop, or the poll interval; reconnect LISTEN if lost."""
         if self._listener is None or self._listener.is_closed():
             await self._listen()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        await wait_event(self._wake, self.poll_interval)
 
     def _spawn(self, claim: Claim) -> None:
         self._busy.add(claim.task_id)
@@ -422,11 +421,8 @@ class Worker:
         async def beat() -> None:
             interval = self.lock_timeout / 3
             while True:
-                try:
-                    await asyncio.wait_for(done.wait(), interval)
+                if await wait_event(done, interval):
                     return
-                except TimeoutError:
-                    pass
                 try:
                     if not is_ours(await self.store.get_lock(claim.task_id), claim):
                         return  # unlocked by an operator: never bring the lock back

@@ -38,6 +38,7 @@ from checkmate.events.reader import (
 from checkmate.events.subscriber import Subscriber
 from checkmate.models import StatusEvent, TaskFilter
 from checkmate.settings import Settings
+from checkmate.waiting import wait_event
 
 log = logging.getLogger("checkmate.events")
 
@@ -51,15 +52,6 @@ LISTEN_APPLICATION_NAME = "checkmate-listen"
 # for; an id drawn by a transaction that has been open for longer than that is not.
 _START_LOOKBACK = 10_000
 _BACKFILL_PAGE = 1_000
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Until `event` is set or `seconds` passed. Not asyncio.wait_for: on Python 3.11 it
-    swallows a cancellation that arrives as the event is set (gh-86296), and a hub task that
-    ignored stop()'s cancel kept running and hung the shutdown."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
 
 
 class EventHub:
@@ -300,7 +292,7 @@ class EventHub:
         failures = 0
         while True:
             timeout = self.reader.next_wait(self.keepalive, self.gap_poll)
-            await _wait(self._wake, timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             try:
                 while await self.read_once():
@@ -352,7 +344,7 @@ class EventHub:
     async def _keep_alive(self) -> None:
         """Return when the LISTEN connection is gone or stops answering."""
         while True:
-            await _wait(self._listen_lost, self.keepalive)
+            await wait_event(self._listen_lost, self.keepalive)
             conn = self._listen_conn
             if self._listen_lost.is_set() or conn is None or conn.is_closed():
                 return
