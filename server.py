@@ -351,7 +351,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
-        hub = EventHub(service)
+        hub = EventHub(service.database, service.settings)
         access = AccessControl(service.engine, ttl=settings.token_cache_ttl)
         watch = ConnectionWatch(access, interval=settings.token_cache_ttl)
         try:

@@ -35,6 +35,8 @@ QUEUES = ("default", "nightly", "gpu")
 TAGS = (("demo", "etl", "eu"), ("demo", "ml", "us"), ("demo", "reports", "eu"))
 STAGES = 3
 DEAD_WORKER = "demo-worker-dead"
+# Every demo task that runs was invoked once.
+ATTEMPTS = 1
 
 
 def plan(count: int) -> list[str]:
@@ -95,9 +97,11 @@ async def _run_like_a_worker(service: CheckMateService, by_role: dict[str, list[
                         duration_seconds=42.0 + index, data={"rows": 1_000 * (index + 1)},
                     ))
                 if role in ("completed", "cleaned"):
-                    await queries.finish_task(conn, task_id, worker, StageStatus.COMPLETED, None)
+                    await queries.finish_tasks(
+                        conn, worker, [(task_id, ATTEMPTS, StageStatus.COMPLETED, None)]
+                    )
                     continue
-                await queries.set_running_stage(conn, task_id, worker, "stage-2")
+                await queries.set_running_stage(conn, task_id, worker, ATTEMPTS, "stage-2")
                 if role == "failed":
                     error, trace = _failure()
                     await store.put_stage(task_id, StageMetadata(
@@ -105,7 +109,9 @@ async def _run_like_a_worker(service: CheckMateService, by_role: dict[str, list[
                         started_at=now - timedelta(minutes=2), finished_at=now,
                         duration_seconds=120.0, error=error, traceback=trace,
                     ))
-                    await queries.finish_task(conn, task_id, worker, StageStatus.ERROR, error)
+                    await queries.finish_tasks(
+                        conn, worker, [(task_id, ATTEMPTS, StageStatus.ERROR, error)]
+                    )
                     continue
                 await store.put_stage(task_id, StageMetadata(
                     index=1, name="stage-2", status=StageStatus.RUNNING,

@@ -162,7 +162,7 @@ class LocalClient:
     async def watch(self, task_filter: Record | None, after: str | None) -> AsyncIterator[Record]:
         from checkmate.events import EventHub
 
-        hub = EventHub(self.service)
+        hub = EventHub(self.service.database, self.service.settings)
         await _local(hub.start())
         try:
             after_id = None if after is None else int(after)

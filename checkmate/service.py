@@ -10,13 +10,12 @@ import asyncio
 import builtins
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Unpack
 from uuid import UUID, uuid4
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate import arguments, metrics
@@ -26,6 +25,7 @@ from checkmate.arguments import FilterArgs, TaskIds
 from checkmate.audit import AuditPage, AuditRecord, check_reason, read_audit_page
 from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection, describe
 from checkmate.db import queries
+from checkmate.db.database import Database
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
 from checkmate.errors import Arg, ServiceError
@@ -80,10 +80,12 @@ class CheckMateService:
     def __init__(
         self, engine: AsyncEngine, store: TaskStore, settings: Settings, database_url: str
     ) -> None:
+        # The typed seam to PostgreSQL (maps an unreachable database to UNAVAILABLE); the event
+        # hub and workers use it too. `engine` and `database_url` are the same, kept for callers.
+        self.database = Database(engine, database_url)
         self.engine = engine
         self.store = store
         self.settings = settings
-        # The libpq URL the engine was built from; the LISTEN connection and workers use it too.
         self.database_url = database_url
         metrics.track_pool(engine)
 
@@ -103,7 +105,7 @@ class CheckMateService:
         return cls(engine, store, settings, url)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.dispose()
         if self.settings.database_url is None:
             await asyncio.to_thread(stop_embedded, self.settings.resolved_data_dir)
 
@@ -467,17 +469,8 @@ class CheckMateService:
             after=arguments.optional_text("after", after),
         )
 
-    @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (DBAPIError, OSError) as error:
-            if isinstance(error, DBAPIError) and not error.connection_invalidated:
-                raise
-            raise ServiceError(
-                "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
-            ) from error
+    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.database.connect()
 
 
 

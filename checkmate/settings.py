@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, description="Database pool size per process.")
     store_concurrency: int = Field(64, ge=1, description="Store requests in flight per batch.")
     batch_chunk_size: int = Field(5_000, ge=1, description="Rows per batch UPDATE statement.")
+    db_retry_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a worker's database call retries a lost connection before it "
+        "gives up: longer than a failover or a restart.",
+    )
 
     # --- access and abuse limits (README: "Access control" and "Limits") --------------------
     token_cache_ttl: float = Field(
