@@ -38,7 +38,7 @@ POOL_IN_USE = Gauge(
     "checkmate_db_pool_connections_in_use",
     "Connections of this process's database pool checked out right now.",
 )
-WORKER_CLAIMS = Counter("checkmate_worker_claims_total", "Tasks this worker claimed.", ["queue"])
+WORKER_CLAIMS = Counter("checkmate_worker_claims_total", "Tasks this worker claimed.")
 WORKER_TASKS = Counter(
     "checkmate_worker_tasks_total",
     "Tasks this worker finished, by outcome (COMPLETED, ERROR, requeued, stopped).",

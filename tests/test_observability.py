@@ -8,17 +8,21 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from checkmate import logs
+from checkmate.service import CheckMateService
 from tests.subscription_support import ServerProcess, free_port, subscribe
-from tests.support import TaskRow, insert_task_rows
+from tests.support import TaskRow, insert_task_rows, wait_until
 from tests.test_serve_safe_default import _env, _serve, _serves
+from tests.worker_support import StartWorker, start_worker, wait_status
 
 pytestmark = pytest.mark.slow
+__all__ = ["start_worker"]  # the fixture, used by name
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -107,3 +111,41 @@ def test_serve_logs_json_lines_and_says_where_graphiql_is(
     entries = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert all("time" in entry and "level" in entry for entry in entries)
     assert any(f"http://127.0.0.1:{port}/graphql" in entry["message"] for entry in entries)
+
+
+async def test_worker_logs_each_task_and_serves_its_metrics(
+    service: CheckMateService, start_worker: StartWorker
+) -> None:
+    port = free_port()
+    worker = start_worker("--metrics-port", str(port), "--log-format", "json")
+    await worker.ready()
+    done = await service.create("demo.pipeline", params={"stages": 2}, invoke=True)
+    failed = await service.create(
+        "demo.pipeline", params={"stages": 2, "fail_at_stage": 2}, invoke=True
+    )
+    await wait_status(service, done.id, "COMPLETED")
+    await wait_status(service, failed.id, "ERROR")
+
+    def finished_lines() -> list[dict[str, Any]]:
+        entries = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        return [entry for entry in entries if "finished" in entry["message"]]
+
+    await wait_until(lambda: len(finished_lines()) == 2, describe=worker.log)
+    outcomes = {entry["task_id"]: entry for entry in finished_lines()}
+    assert outcomes[str(done.id)]["outcome"] == "completed"
+    assert outcomes[str(failed.id)]["outcome"] == "error"
+    assert outcomes[str(done.id)]["kind"] == "demo.pipeline"
+    assert outcomes[str(done.id)]["duration_seconds"] >= 0
+    assert all("time" in json.loads(line) for line in worker.log().splitlines())
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert sample(text, "checkmate_worker_claims_total") == 2
+    assert sample(text, "checkmate_worker_tasks_total", outcome="completed") == 1
+    assert sample(text, "checkmate_worker_tasks_total", outcome="error") == 1
+    assert sample(
+        text, "checkmate_worker_stage_seconds_count", kind="demo.pipeline", outcome="ERROR"
+    ) == 1
+    assert sample(
+        text, "checkmate_worker_stage_seconds_count", kind="demo.pipeline", outcome="COMPLETED"
+    ) == 3
