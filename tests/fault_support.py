@@ -49,27 +49,37 @@ class PgProxy:
         self._port = url.port or 5432
         self.database_url = database_url
         self._pattern: bytes | None = None
+        self._skip = 0
         self.dropped = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._listen_port = 0
+        self._streams: set[asyncio.StreamWriter] = set()
 
     async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if str(self._host).startswith("/"):
             return await asyncio.open_unix_connection(f"{self._host}/.s.PGSQL.{self._port}")
         return await asyncio.open_connection(str(self._host), self._port)
 
-    def drop_reply_to(self, pattern: bytes) -> None:
+    def drop_reply_to(self, pattern: bytes, *, skip: int = 0) -> None:
+        """Lose the reply to the first client message containing `pattern` after `skip` such
+        messages went through."""
         self._pattern = pattern
+        self._skip = skip
         self.dropped.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await self._upstream()
+        self._streams.update((writer, up_writer))
         lose_reply = asyncio.Event()
 
         async def client_to_server() -> None:
             while data := await reader.read(65536):
                 if self._pattern is not None and self._pattern in data:
-                    self._pattern = None
-                    lose_reply.set()
+                    if self._skip:
+                        self._skip -= 1
+                    else:
+                        self._pattern = None
+                        lose_reply.set()
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -94,12 +104,24 @@ class PgProxy:
     async def running(self) -> AsyncIterator[str]:
         """Serve on a loopback port; yields the database URL through the proxy."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
+        port = self._listen_port = self._server.sockets[0].getsockname()[1]
         url = make_url(self.database_url).set(host="127.0.0.1", port=port, query={})
         try:
             yield url.render_as_string(hide_password=False)
         finally:
             self._server.close()
+
+    def cut(self) -> None:
+        """An outage: every open connection dropped, new ones refused (until `restore`)."""
+        assert self._server is not None
+        self._server.close()
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()
+
+    async def restore(self) -> None:
+        """The database is back, at the same address."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._listen_port)
 
 
 class SlowDownProxy:

@@ -54,7 +54,7 @@ def is_unreachable(error: BaseException) -> bool:
     return False
 
 
-def _unavailable() -> ServiceError:
+def unavailable() -> ServiceError:
     return ServiceError(UNREACHABLE_MESSAGE, code=ServiceError.UNAVAILABLE)
 
 
@@ -82,7 +82,7 @@ class Database:
         except (DBAPIError, OSError) as error:
             if not is_unreachable(error):
                 raise
-            raise _unavailable() from error
+            raise unavailable() from error
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -98,7 +98,7 @@ class Database:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             if not is_unreachable(error):
                 raise
-            raise _unavailable() from error
+            raise unavailable() from error
         return conn
 
     async def dispose(self) -> None:
