@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from checkmate.cli import app
 from checkmate.demo import plan
 from checkmate.models import StageStatus
-from tests.test_cli_tasks import cli_env, lines, run, sql
+from tests.cli_support import cli_env, lines, run, sql
 
 __all__ = ["cli_env"]  # the fixture, used by name
 

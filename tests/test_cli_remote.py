@@ -18,9 +18,9 @@ import pytest
 
 from checkmate.access import AccessControl
 from checkmate.db.engine import create_engine
+from tests.cli_support import seed, sql
 from tests.subscription_support import ROOT, ServerProcess
 from tests.support import TaskRow
-from tests.test_cli_tasks import seed, sql
 
 pytestmark = pytest.mark.slow
 
