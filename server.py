@@ -11,36 +11,32 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types import ExecutionResult
-from strawberry.types.execution import PreExecutionError
 
 from checkmate.events import EventHub
 from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
-from checkmate.settings import Settings
+from checkmate.settings import Settings, get_settings
 from schema import schema
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
-from schema.metrics import LATENCY, REQUESTS
+from schema.strawberry_view import GraphQLView, PreExecutionError
 
 log = logging.getLogger("checkmate.api")
 
@@ -48,11 +44,33 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 READINESS_TIMEOUT = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A request that cannot be run at all (not JSON, not an object, wrong method, media or content
+# type, no query); the HTTP status says which.
+BAD_REQUEST = "BAD_REQUEST"
+FORBIDDEN = "FORBIDDEN"
+# Custom close code before accepting a websocket: the server answers the handshake with 403.
+WS_ORIGIN_REFUSED = 4403
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+# Module level: one Prometheus registry per process. Open subscriptions are the event hub's
+# gauge, checkmate_event_subscribers.
+REQUESTS = Counter(
+    "checkmate_http_requests_total", "HTTP requests served.", ["method", "path", "status"]
+)
+LATENCY = Histogram(
+    "checkmate_http_request_seconds",
+    "Time to serve an HTTP request, until the last byte of its response.",
+    ["method", "path"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
-def response_media_type(accept: str) -> str:
+def response_media_type(accept: str) -> str | None:
     """GraphQL-over-HTTP: application/graphql-response+json when the client lists it at least as
-    high as application/json; application/json for everyone else (legacy clients, */*)."""
+    high as application/json; application/json for everyone else (legacy clients, */*, no
+    Accept). None when the Accept header rules out both: the request gets 406."""
+    if not accept.strip():
+        return APPLICATION_JSON
     best: dict[str, float] = {}
     for part in accept.split(","):
         media_type, *params = (item.strip() for item in part.split(";"))
@@ -67,7 +85,9 @@ def response_media_type(accept: str) -> str:
     wanted = best.get(GRAPHQL_RESPONSE_JSON, 0.0)
     if wanted > 0 and wanted >= best.get(APPLICATION_JSON, 0.0):
         return GRAPHQL_RESPONSE_JSON
-    return APPLICATION_JSON
+    if max(best.get(name, 0.0) for name in (APPLICATION_JSON, "application/*", "*/*")) > 0:
+        return APPLICATION_JSON
+    return None
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -75,62 +95,59 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
 
 
-def _sink(
-    handler: Any, kind: str, operation_id: str, query: str, variables: Any, operation_name: Any
-) -> Sink:
-    return Sink(
-        broadcast=handler.view.broadcast,
-        websocket=handler.websocket.ws,
-        prefix=frame_prefix(kind, operation_id),
-        query=query,
-        variables=variables,
-        operation_name=operation_name,
-    )
-
-
-class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
-    """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
-
-    async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
-        sink = _sink(
-            self, "next", operation.id, operation.query, operation.variables,
-            operation.operation_name,
-        )
-        sink.is_open = lambda: not operation.completed
-        open_sink(sink)
-        await super().run_operation(operation)
-
-
-class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
-    """graphql-ws (subscriptions-transport-ws), the same way."""
-
-    async def handle_async_results(
-        self,
-        operation_id: str,
-        query: str,
-        operation_name: str | None,
-        variables: dict[str, object] | None,
-    ) -> None:
-        open_sink(_sink(self, "data", operation_id, query, variables, operation_name))
-        await super().handle_async_results(operation_id, query, operation_name, variables)
-
-
-class GraphQLRouter(GraphQL[GraphQLContext, None]):
-    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types;
-    subscription events are rendered once per event for all sockets (schema.broadcast)."""
-
-    graphql_transport_ws_handler_class = TransportWsHandler
-    graphql_ws_handler_class = LegacyWsHandler
+class GraphQLRouter(GraphQLView):
+    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types
+    and request errors; subscription events are rendered once per event for all sockets
+    (schema.broadcast)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.broadcast = Broadcast(self.schema)
 
     def encode_json(self, data: object) -> bytes:
+        # HTTP bodies only: websocket frames are text (schema.strawberry_view.TextFrameWebSocket).
         return orjson.dumps(data)
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
+
+    def start_operation(
+        self,
+        websocket: WebSocket,
+        kind: str,
+        operation_id: str,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        is_open: Callable[[], bool],
+    ) -> None:
+        open_sink(
+            Sink(
+                broadcast=self.broadcast,
+                websocket=websocket,
+                prefix=frame_prefix(kind, operation_id),
+                query=query,
+                variables=variables,
+                operation_name=operation_name,
+                is_open=is_open,
+            )
+        )
+
+    def response_media_type(self, accept: str) -> str | None:
+        return response_media_type(accept)
+
+    def request_error(
+        self, request: Request, status: int, message: str, headers: Mapping[str, str]
+    ) -> Response:
+        request_id = request_id_of(request.headers)
+        body = {"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}
+        log.info("request %s refused (%d): %s", request_id, status, message)
+        return Response(
+            orjson.dumps(body),
+            status_code=status,
+            media_type=response_media_type(request.headers.get("accept", "")) or APPLICATION_JSON,
+            headers={**headers, "x-request-id": request_id},
+        )
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -150,7 +167,9 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
-        sub_response.media_type = response_media_type(request.headers.get("accept", ""))
+        sub_response.media_type = (
+            response_media_type(request.headers.get("accept", "")) or APPLICATION_JSON
+        )
         request.state.sub_response = sub_response
         return sub_response
 
@@ -218,6 +237,53 @@ class MetricsMiddleware:
             REQUESTS.labels(method, path, str(status)).inc()
 
 
+def _host_port(scheme: str, netloc: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit(f"//{netloc.strip()}")
+        return (parts.hostname or "", parts.port or _DEFAULT_PORTS.get(scheme))
+    except ValueError:
+        return None
+
+
+def origin_allowed(headers: Headers, allowed: Collection[str]) -> bool:
+    """The browser-origin rule of HTTP requests and websocket handshakes alike: requests without
+    an Origin (not from a browser page) and same-origin ones are allowed, others only from the
+    configured origins (normalized like a browser's Origin header, see checkmate.settings)."""
+    origin = headers.get("origin")
+    if origin is None or headers.get("sec-fetch-site") == "same-origin":
+        return True
+    if "*" in allowed or origin.lower() in allowed:
+        return True
+    scheme, _, netloc = origin.partition("://")
+    here = _host_port(scheme.lower(), headers.get("host", ""))
+    return here is not None and here[0] != "" and _host_port(scheme.lower(), netloc) == here
+
+
+class OriginPolicy:
+    """Refuses browser requests and websocket handshakes from origins that are not allowed
+    (CHECKMATE_CORS_ORIGINS): 403 with a GraphQL error over HTTP, a close before accepting on a
+    websocket (the handshake gets 403). CORSMiddleware inside it adds the CORS headers."""
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] in ("http", "websocket") else None
+        if headers is None or origin_allowed(headers, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        origin, kind = headers["origin"], "websocket" if scope["type"] == "websocket" else "request"
+        message = f"origin {origin} is not allowed; the server's CHECKMATE_CORS_ORIGINS lists those"
+        log.warning("refused a %s to %s from origin %r (host %r): not in CHECKMATE_CORS_ORIGINS",
+                    kind, scope["path"], origin, headers.get("host"))
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": WS_ORIGIN_REFUSED, "reason": message})
+            return
+        body = {"errors": [{"message": message, "extensions": {"code": FORBIDDEN}}]}
+        await JSONResponse(body, status_code=403)(scope, receive, send)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -282,7 +348,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.stop()
             await service.close()
 
-    graphql = GraphQLRouter(schema, keep_alive=True, keep_alive_interval=15)
+    settings = settings or get_settings()
+    # Origins are checked by OriginPolicy, for websockets too: strawberry's own check is off.
+    graphql = GraphQLRouter(
+        schema, keep_alive=True, keep_alive_interval=15, allowed_origins=("*",)
+    )
     routes = [
         Route("/graphql", graphql, methods=None),
         WebSocketRoute("/graphql", graphql),
@@ -291,5 +361,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(  # innermost: preflights and CORS headers for the allowed origins
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["accept", "authorization", "content-type", "x-request-id"],
+        expose_headers=["x-request-id", "server-timing"],
+        max_age=600,
+    )
+    app.add_middleware(OriginPolicy, allowed=settings.cors_origins)
     app.add_middleware(MetricsMiddleware)
     return app
