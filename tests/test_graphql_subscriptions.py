@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import pytest
-import uvicorn
 from sqlalchemy import event as sa_event
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
-from server import create_app
 from tests.graphql_helpers import insert_tasks
+from tests.subscription_support import TIMEOUT, Served, serving, until
 
 SUBSCRIPTION = """
 subscription Feed($filter: TaskFilter, $after: ID) {
@@ -29,37 +27,6 @@ subscription Feed($filter: TaskFilter, $after: ID) {
     eventId taskId status previousStatus queue changedAt task { id status }
   }
 }"""
-TIMEOUT = 15
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
-@dataclass
-class Served:
-    url: str  # websocket URL of /graphql
-    app: Starlette  # in this process, so tests can ask its hub
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Served]:
-    """A uvicorn server on a free loopback port."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await until(lambda: server.started)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Served(f"ws://127.0.0.1:{port}/graphql", app)
-    finally:
-        server.should_exit = True
-        await task
 
 
 class TransportWs:
