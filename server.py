@@ -36,6 +36,7 @@ from checkmate.settings import Settings, get_settings
 from schema import schema
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.errors import BAD_REQUEST
 from schema.strawberry_view import GraphQLView, PreExecutionError
 
 log = logging.getLogger("checkmate.api")
@@ -44,9 +45,6 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 READINESS_TIMEOUT = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# A request that cannot be run at all (not JSON, not an object, wrong method, media or content
-# type, no query); the HTTP status says which.
-BAD_REQUEST = "BAD_REQUEST"
 FORBIDDEN = "FORBIDDEN"
 # Custom close code before accepting a websocket: the server answers the handshake with 403.
 WS_ORIGIN_REFUSED = 4403

@@ -14,12 +14,16 @@ from strawberry.extensions import SchemaExtension
 
 from checkmate.events import SubscriberLagging
 from checkmate.service import ServiceError
+from schema.strawberry_view import operation_type_refused
 
 log = logging.getLogger("checkmate.api")
 
 BAD_USER_INPUT = ServiceError.BAD_USER_INPUT
 INTERNAL = ServiceError.INTERNAL
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+# A request that cannot be run at all (over HTTP: not JSON, not an object, wrong method, media or
+# content type, no query; the status says which) or an operation its transport does not run.
+BAD_REQUEST = "BAD_REQUEST"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 SUBSCRIBER_LAGGING = "SUBSCRIBER_LAGGING"
 
@@ -48,6 +52,8 @@ def coded(error: GraphQLError, request_id: str) -> GraphQLError:
     if isinstance(original, SubscriberLagging):
         extensions = {"code": SUBSCRIBER_LAGGING, "lastEventId": str(original.last_event_id)}
         return _with(error, str(original), extensions)
+    if (refused := operation_type_refused(original)) is not None:
+        return _with(error, refused, {"code": BAD_REQUEST})
     if isinstance(original, GraphQLError):  # raised by a resolver, already phrased for clients
         return coded(original, request_id)
     log.error(

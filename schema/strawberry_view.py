@@ -79,6 +79,7 @@ __all__ = [
     "PreExecutionError",
     "WebSocketDisconnected",
     "check_version",
+    "operation_type_refused",
     "resolve_info",
 ]
 
@@ -87,6 +88,18 @@ def resolve_info(info: Info[Any, Any]) -> GraphQLResolveInfo[Any]:
     """graphql-core's resolve info (field nodes, fragments, schema) behind strawberry's Info."""
     raw: GraphQLResolveInfo[Any] = info._raw_info
     return raw
+
+
+def operation_type_refused(error: BaseException | None) -> str | None:
+    """What to tell a client whose operation type this transport does not run (strawberry's
+    legacy graphql-ws runs subscriptions only; it reports a query as an unexpected error)."""
+    if not isinstance(error, InvalidOperationTypeError):
+        return None
+    kind = error.operation_type.value
+    return (
+        f"a {kind} cannot run over this transport: send queries and mutations over HTTP "
+        "(or graphql-transport-ws), subscriptions over a websocket"
+    )
 
 
 class TextFrameWebSocket(ASGIWebSocketAdapter):

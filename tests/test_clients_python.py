@@ -90,4 +90,5 @@ async def test_gql_over_http_with_the_fetched_schema(
     assert read["task"] == {"id": task_id, "name": "demo.pipeline", "status": "CREATED",
                             "queue": "gql"}
     row = await raw_conn.fetchrow("SELECT queue, status FROM tasks WHERE id = $1", UUID(task_id))
-    assert row is not None and (row["queue"], row["status"]) == ("gql", "CREATED")
+    assert row is not None
+    assert (row["queue"], row["status"]) == ("gql", "CREATED")
