@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from schema import schema
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
 from schema.errors import BAD_REQUEST
-from schema.strawberry_view import GraphQLView, PreExecutionError
+from schema.strawberry_view import GraphQLView, PreExecutionError, WebSocketOperation
 
 log = logging.getLogger("checkmate.api")
 
@@ -109,25 +109,16 @@ class GraphQLRouter(GraphQLView):
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
 
-    def start_operation(
-        self,
-        websocket: WebSocket,
-        kind: str,
-        operation_id: str,
-        query: str,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        is_open: Callable[[], bool],
-    ) -> None:
+    def start_operation(self, operation: WebSocketOperation) -> None:
         open_sink(
             Sink(
                 broadcast=self.broadcast,
-                websocket=websocket,
-                prefix=frame_prefix(kind, operation_id),
-                query=query,
-                variables=variables,
-                operation_name=operation_name,
-                is_open=is_open,
+                websocket=operation.websocket,
+                prefix=frame_prefix(operation.kind, operation.id),
+                query=operation.query,
+                variables=operation.variables,
+                operation_name=operation.operation_name,
+                is_open=operation.is_open,
             )
         )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,7 @@ __all__ = [
     "HTTPException",
     "PreExecutionError",
     "WebSocketDisconnected",
+    "WebSocketOperation",
     "check_version",
     "operation_type_refused",
     "resolve_info",
@@ -112,6 +114,19 @@ class TextFrameWebSocket(ASGIWebSocketAdapter):
             raise WebSocketDisconnected from error
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketOperation:
+    """One operation started on a websocket, as the protocol handlers see it."""
+
+    websocket: WebSocket
+    kind: str  # the protocol's result message type: "next" (graphql-transport-ws) or "data"
+    id: str
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    is_open: Callable[[], bool]
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     """graphql-transport-ws: the view sees each operation in the operation's own task."""
 
@@ -120,8 +135,10 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         assert isinstance(self.websocket, ASGIWebSocketAdapter)
         self.view.start_operation(
-            self.websocket.ws, "next", operation.id, operation.query, operation.variables,
-            operation.operation_name, lambda: not operation.completed,
+            WebSocketOperation(
+                self.websocket.ws, "next", operation.id, operation.query, operation.variables,
+                operation.operation_name, lambda: not operation.completed,
+            )
         )
         await super().run_operation(operation)
 
@@ -140,8 +157,10 @@ class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     ) -> None:
         assert isinstance(self.websocket, ASGIWebSocketAdapter)
         self.view.start_operation(
-            self.websocket.ws, "data", operation_id, query, variables, operation_name,
-            lambda: True,
+            WebSocketOperation(
+                self.websocket.ws, "data", operation_id, query, variables, operation_name,
+                lambda: True,
+            )
         )
         await super().handle_async_results(operation_id, query, operation_name, variables)
 
@@ -172,18 +191,8 @@ class GraphQLView(GraphQL[GraphQLContext, None], abc.ABC):
     graphql_ws_handler_class = LegacyWsHandler
 
     @abc.abstractmethod
-    def start_operation(
-        self,
-        websocket: WebSocket,
-        kind: str,
-        operation_id: str,
-        query: str,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        is_open: Callable[[], bool],
-    ) -> None:
-        """Called in a websocket operation's own task before it executes; `kind` is the
-        protocol's result message type ("next" or "data")."""
+    def start_operation(self, operation: WebSocketOperation) -> None:
+        """Called in a websocket operation's own task before it executes."""
 
     @abc.abstractmethod
     def response_media_type(self, accept: str) -> str | None:
