@@ -12,7 +12,13 @@ What is overridden, and why:
   object, wrong content type, no query, wrong method) in text/plain, and a JSON body that is not
   an object crashes its parser (HTTP 500); here each becomes a status and a message the view
   renders as a GraphQL error (GraphQL-over-HTTP);
+- `execute_single`: a subscription over plain HTTP is refused (strawberry runs it as a query,
+  which fails as an internal error) and a mutation over GET gets GraphQL-over-HTTP's 405; a
+  query over legacy graphql-ws (subscriptions only there) is named as such, not as internal;
 - `Info._raw_info`, graphql-core's resolve info behind strawberry's `Info`.
+
+The version is checked before any strawberry module is imported, so a release that moved one of
+them fails with the message below rather than an ImportError about the module.
 """
 
 from __future__ import annotations
@@ -23,6 +29,30 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+# The releases these overrides were written against and tested with (0.341.2 is the release the
+# suite runs; no 0.340 was on the package index to test). Widen after running the suite on one.
+TESTED_VERSIONS = ((0, 341), (0, 342))  # [from, to)
+
+
+def check_version(installed: str) -> None:
+    """Refuse a strawberry release outside the tested range, naming both."""
+    try:
+        release = tuple(int(part) for part in installed.split(".")[:2])
+    except ValueError:
+        release = ()
+    low, high = TESTED_VERSIONS
+    if not low <= release < high:
+        raise ImportError(
+            f"CheckMate's server overrides strawberry internals (schema/strawberry_view.py) "
+            f"tested with strawberry-graphql >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
+            f"{installed} is installed. Install a tested release "
+            f"(pip install 'strawberry-graphql>={low[0]}.{low[1]},<{high[0]}.{high[1]}')."
+        )
+
+
+check_version(version("strawberry-graphql"))
+
+# Imported only once the version is known to be a tested one (E402 allowed in pyproject).
 import orjson
 from cross_web import HTTPException
 from graphql import GraphQLResolveInfo
@@ -50,29 +80,6 @@ if TYPE_CHECKING:
     from cross_web import AsyncHTTPRequestAdapter
     from strawberry.http import GraphQLRequestData
     from strawberry.types import Info
-
-# The releases these overrides were written against and tested with (0.340 was never published
-# on PyPI; 0.341.2 is the release the suite runs). Widen after running the suite on a new one.
-TESTED_VERSIONS = ((0, 341), (0, 342))  # [from, to)
-
-
-def check_version(installed: str) -> None:
-    """Refuse a strawberry release outside the tested range, naming both."""
-    try:
-        release = tuple(int(part) for part in installed.split(".")[:2])
-    except ValueError:
-        release = ()
-    low, high = TESTED_VERSIONS
-    if not low <= release < high:
-        raise ImportError(
-            f"CheckMate's server overrides strawberry internals (schema/strawberry_view.py) "
-            f"tested with strawberry-graphql >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
-            f"{installed} is installed. Install a tested release "
-            f"(pip install 'strawberry-graphql>={low[0]}.{low[1]},<{high[0]}.{high[1]}')."
-        )
-
-
-check_version(version("strawberry-graphql"))
 
 __all__ = [
     "GraphQLView",
