@@ -5,6 +5,7 @@ pages and non-browser clients (no Origin) are always allowed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
-from tests.subscription_support import Served, Subscription, serving, until
+from tests.subscription_support import TIMEOUT, Served, Subscription, serving, until
 
 CONSOLE = "http://console.test:3000"
 OTHER = "http://evil.test"
@@ -88,15 +89,17 @@ async def test_allowed_origin_gets_a_working_websocket(
     ) as ws:
         await ws.send(json.dumps({"type": "connection_init"}))
         feed = Subscription(ws, "graphql-transport-ws", "1")
-        assert (await feed.next_message())["type"] == "connection_ack"
+        async with asyncio.timeout(TIMEOUT):
+            assert (await feed.next_message())["type"] == "connection_ack"
         query = "subscription($ids: [ID!]) { taskStatusChanged(filter: {ids: $ids}) { status } }"
         payload = {"query": query, "variables": {"ids": [str(task_id)]}}
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
         await until(lambda: hub.subscriber_count == 1)
         await raw_conn.execute("UPDATE tasks SET status = 'QUEUED' WHERE id = $1", task_id)
-        status = (await feed.next_event())["status"]
-        if status == "CREATED":  # the insert's own event may come first
+        async with asyncio.timeout(TIMEOUT):
             status = (await feed.next_event())["status"]
+            if status == "CREATED":  # the insert's own event may come first
+                status = (await feed.next_event())["status"]
     assert status == "QUEUED"
 
 
@@ -117,7 +120,8 @@ async def test_other_origin_websocket_is_refused_before_accepting(
                 served.url, origin=origin, subprotocols=[Subprotocol("graphql-ws")]
             ) as ws:
                 await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-                assert json.loads(await ws.recv())["type"] == "connection_ack"
+                async with asyncio.timeout(TIMEOUT):
+                    assert json.loads(await ws.recv())["type"] == "connection_ack"
     assert refused.value.response.status_code == 403
     assert any(
         OTHER in record.getMessage() and "CHECKMATE_CORS_ORIGINS" in record.getMessage()

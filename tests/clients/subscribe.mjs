@@ -1,7 +1,7 @@
 // The npm graphql-ws client (what Apollo Client, urql and Relay use) against CheckMate, driven by
 // tests/test_clients_node.py: runs a query over the socket (the server completes it), then
-// subscribes to one task's status changes, prints each event as a JSON line, and completes the
-// subscription itself after `count` events.
+// subscribes to one task's changes to QUEUED or RUNNING, prints each event as a JSON line, and
+// completes the subscription itself after `count` events.
 //   node subscribe.mjs ws://127.0.0.1:PORT/graphql TASK_ID COUNT
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
@@ -27,7 +27,7 @@ try {
     query: `subscription($filter: TaskFilter) {
       taskStatusChanged(filter: $filter) { eventId taskId status previousStatus }
     }`,
-    variables: { filter: { ids: [taskId] } },
+    variables: { filter: { ids: [taskId], statuses: ["QUEUED", "RUNNING"] } },
   });
   print({ subscribed: true });
   let received = 0;
