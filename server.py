@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,14 +28,18 @@ from starlette.websockets import WebSocket
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
+from checkmate.access import AccessControl
 from checkmate.events import EventHub
-from checkmate.gcpause import BURST_THRESHOLD
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings, get_settings
-from schema import schema
+from schema import build_schema
+from schema.access import ConnectionWatch, authenticate_connection
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
 from schema.errors import BAD_REQUEST
+from schema.graphiql import graphiql_assets, graphiql_page
+from schema.http_gates import AuthenticationGate, BodySizeLimit
+from schema.limits import Limits
 from schema.strawberry_view import GraphQLView, PreExecutionError, WebSocketOperation
 
 log = logging.getLogger("checkmate.api")
@@ -102,6 +105,9 @@ class GraphQLRouter(GraphQLView):
         super().__init__(*args, **kwargs)
         self.broadcast = Broadcast(self.schema)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page(request)
+
     def encode_json(self, data: object) -> bytes:
         # HTTP bodies only: websocket frames are text (schema.strawberry_view.TextFrameWebSocket).
         return orjson.dumps(data)
@@ -152,7 +158,15 @@ class GraphQLRouter(GraphQLView):
             request=request,
             response=response,
             cache_loads=isinstance(request, Request),
+            # HTTP: set by AuthenticationGate; websockets: by on_ws_connect.
+            principal=request.scope.get("state", {}).get("principal"),
         )
+
+    async def on_ws_connect(self, context: GraphQLContext) -> None:
+        """connection_init: the token in its payload decides before anything else runs."""
+        state = context.request.app.state
+        context.principal = await authenticate_connection(state.access, context.connection_params)
+        state.connection_watch.add(context.ws_handler, context.principal)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
@@ -302,55 +316,61 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-# Young-generation collections every 50,000 allocations instead of 700. Fanning one event out to
-# 10,000 websockets allocates a few objects per socket that live only until the fan-out ends;
-# collected every 700 allocations, they were promoted while still alive, and the promotions set
-# off full collections of a heap of millions of long-lived subscription objects: 1-2 s pauses
-# (p99 2.2 s at 10,000 subscriptions; 0.5 s with this threshold, and a third less server CPU).
-# Same young threshold as checkmate.gcpause's bursts, which then keep it (they never lower it).
-GC_THRESHOLD = (BURST_THRESHOLD, 20, 100)
-
-
-@contextmanager
-def _gc_threshold(threshold: tuple[int, int, int]) -> Iterator[None]:
-    previous = gc.get_threshold()
-    gc.set_threshold(*threshold)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The app; its lifespan opens the service (database and store) and the event hub."""
+    """The app; its lifespan opens the service (database and store), the event hub and the
+    token snapshot."""
+    settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
-        hub = EventHub(service)
+        hub = EventHub(service.database, service.settings)
+        access = AccessControl(service.engine, ttl=settings.token_cache_ttl)
+        watch = ConnectionWatch(access, interval=settings.token_cache_ttl)
         try:
             await hub.start()
             app.state.service, app.state.hub = service, hub
-            with _gc_threshold(GC_THRESHOLD):
-                yield
+            app.state.access, app.state.connection_watch = access, watch
+            if await access.is_open():
+                log.warning(
+                    "access is open: no API token exists, every client is an operator; "
+                    "create one with: checkmate token create --role operator --name NAME"
+                )
+            watch.start()
+            yield
         finally:
+            await watch.stop()
             await hub.stop()
             await service.close()
 
-    settings = settings or get_settings()
     # Origins are checked by OriginPolicy, for websockets too: strawberry's own check is off.
     graphql = GraphQLRouter(
-        schema, keep_alive=True, keep_alive_interval=15, allowed_origins=("*",)
+        build_schema(limits=Limits.from_settings(settings)),
+        keep_alive=True,
+        keep_alive_interval=15,
+        allowed_origins=("*",),
     )
+    graphql.max_subscriptions_per_connection = settings.max_subscriptions_per_connection
     routes = [
         Route("/graphql", graphql, methods=None),
         WebSocketRoute("/graphql", graphql),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(  # innermost: preflights and CORS headers for the allowed origins
+    # The last added runs first: metrics see every answer; browser origins are checked, then
+    # CORS answered; a request is authenticated from its headers before its body is read; the
+    # body is bounded before GraphQL parses it.
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        AuthenticationGate,
+        access=lambda: app.state.access,
+        public=frozenset({"/healthz", "/readyz", "/metrics"}),
+        public_prefixes=("/graphql/static/",),  # GraphiQL's assets
+    )
+    app.add_middleware(  # preflights (before authentication) and CORS headers, 401s included
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST"],

@@ -30,7 +30,8 @@ import httpx
 
 from bench.databases import admin, database_url, migrate
 from bench.seed import seed
-from checkmate.db.engine import asyncpg_dsn
+from checkmate.access import AccessControl
+from checkmate.db.engine import asyncpg_dsn, create_engine
 
 DATABASE = "checkmate_bench_api"
 SCALARS = "id name queue status createdAt attempts"
@@ -85,7 +86,7 @@ def start_server(
         "CHECKMATE_DB_POOL_SIZE": "20",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "checkmate.cli:serving_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         "--workers", str(workers), "--no-access-log",
     ]
@@ -106,8 +107,30 @@ async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server not ready after 30 s")
 
 
+async def set_access(url: str, with_token: bool) -> dict[str, str]:
+    """Open access (no token ever created) or one operator token: the request headers to use."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("DELETE FROM api_tokens")
+    finally:
+        await conn.close()
+    if not with_token:
+        return {}
+    engine = create_engine(url, pool_size=1)
+    try:
+        secret = await AccessControl(engine).create("bench", "operator")
+    finally:
+        await engine.dispose()
+    return {"authorization": f"Bearer {secret}"}
+
+
 async def load(
-    base: str, query: str, connections: int, requests: int, duration: float
+    base: str,
+    query: str,
+    connections: int,
+    requests: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """`connections` clients posting `query` back to back; bounded by count and by time."""
     latencies: list[float] = []
@@ -117,7 +140,9 @@ async def load(
     deadline = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base, limits=limits, timeout=60, headers=headers
+    ) as client:
 
         async def one_client() -> None:
             nonlocal issued, errors
@@ -187,6 +212,7 @@ def _show(name: str, figures: dict[str, Any]) -> None:
 
 async def run(args: argparse.Namespace, store_url: str) -> None:
     url = await prepare(args.database_url, args.rows, store_url, objects_for=args.objects_for)
+    headers = await set_access(url, args.token)
     port = _free_port()
     process = start_server(url, store_url, port, args.workers)
     base = f"http://127.0.0.1:{port}"
@@ -194,13 +220,18 @@ async def run(args: argparse.Namespace, store_url: str) -> None:
         await wait_ready(base, process)
         print(
             f"rows={args.rows} connections={args.connections} server workers={args.workers} "
-            f"cpus={os.cpu_count()} (load generator on the same machine)",
+            f"cpus={os.cpu_count()} access={'token' if args.token else 'open'} "
+            "(load generator on the same machine)",
             flush=True,
         )
         for name, query in (("tasks(100) six scalars", PAGE),
                             ("tasks(100) + metadata", PAGE_WITH_METADATA)):
-            _show(name, await load(base, query, args.connections, args.requests, args.duration))
-        _show("tasks(10000) six scalars", await big_query(base, args.big_repeats))
+            figures = await load(
+                base, query, args.connections, args.requests, args.duration, headers
+            )
+            _show(name, figures)
+        if not args.token:
+            _show("tasks(10000) six scalars", await big_query(base, args.big_repeats))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -224,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--big-repeats", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--token", action="store_true",
+        help="requests carry an operator token (default: open access, no token exists)",
+    )
     args = parser.parse_args(argv)
     store_dir = Path(args.store_dir).resolve()
     store_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
     python -m bench.bench_core [--database-url postgresql://postgres@127.0.0.1/postgres]
                                [--cancel-rows 100000] [--list-rows 1000000] [--repeat 3]
 
-Without --database-url it runs on an embedded PostgreSQL in a temporary folder. Every cancel
+Without --database-url it runs on an embedded PostgreSQL in a temporary folder. The process
+sets the GC policy of `checkmate serve` (checkmate.gcpolicy) unless --default-gc. Every cancel
 measurement runs on a fresh copy (CREATE DATABASE ... TEMPLATE) of the same seeded rows, with
 the same status-event trigger firing for the bare UPDATE as for the service.
 """
@@ -27,6 +28,7 @@ import asyncpg
 from bench.databases import admin, database_url, fresh_database
 from bench.seed import seed
 from checkmate.db.engine import asyncpg_dsn, start_embedded
+from checkmate.gcpolicy import apply_process_policy
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from checkmate.settings import HARD_MAX_RESULTS, Settings
@@ -218,7 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=Settings().batch_chunk_size)
     parser.add_argument("--no-cold-start", action="store_true")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep Python's default collector (as a program that imports the service would) "
+        "instead of the policy `checkmate serve` and `checkmate worker` set",
+    )
     args = parser.parse_args(argv)
+    if not args.default_gc:
+        apply_process_policy()
     with tempfile.TemporaryDirectory(prefix="checkmate-bench-") as tmp:
         work = Path(tmp)
         rows = asyncio.run(_main(args, work))

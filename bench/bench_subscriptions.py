@@ -4,15 +4,16 @@
         [--subscriptions 1000,10000] [--changes 20] [--interval 1.0] [--clients 4]
         [--filter all|own-task] [--server-compression] [--no-compression]
 
-For each subscription count it starts one API server process (uvicorn, `server:create_app`) on
-a loopback port, opens that many real websockets (graphql-transport-ws, one subscription per
-socket) from `--clients` client processes, waits until the server's hub reports them all
-registered, then commits `--changes` status changes one at a time, `--interval` seconds apart,
-from a separate asyncpg connection. Latency = the client's clock when the event arrived minus
-the writer's clock when its COMMIT returned (same machine, same clock); every (subscription,
-event) delivery is one sample. It also prints the server process's RSS idle, with the
-subscriptions open, and at the end, and the server's CPU time (user + system) per committed
-change, from the first commit until `--interval` after the last one.
+For each subscription count it starts one API server process (uvicorn,
+`checkmate.cli:serving_app`, as `checkmate serve` runs it) on a loopback port, opens that many
+real websockets (graphql-transport-ws, one subscription per socket) from `--clients` client
+processes, waits until the server's hub reports them all registered, then commits `--changes`
+status changes one at a time, `--interval` seconds apart, from a separate asyncpg connection.
+Latency = the client's clock when the event arrived minus the writer's clock when its COMMIT
+returned (same machine, same clock); every (subscription, event) delivery is one sample. It also
+prints the server process's RSS idle, with the subscriptions open, and at the end, and the
+server's CPU time (user + system) per committed change, from the first commit until `--interval`
+after the last one.
 
 --filter all: every subscription matches every change (worst case: each commit is sent to all
 sockets). --filter own-task: each subscription filters on the id of one task (ids filter), each

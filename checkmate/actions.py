@@ -43,6 +43,17 @@ class DbEffect(StrEnum):
     QUEUE = "queue"
 
 
+class Failure(StrEnum):
+    """Why a decision failed: the rules refused, or applying it went wrong."""
+
+    REFUSED = "refused"  # the action does not apply to the task as it is
+    NOT_FOUND = "not_found"
+    EXCLUDED = "excluded"  # a requested id that the rest of the filter leaves out
+    STORE = "store"  # the store side failed while applying: db_transact rolls the batch back
+    DATABASE = "database"  # the database side failed while applying
+    ROLLED_BACK = "rolled_back"  # applicable, but db_transact undid the batch for another task
+
+
 class Candidate(NamedTuple):
     """The columns of a task record the rules look at. A named tuple, not a frozen dataclass:
     batches build 100,000 of these, and two are compared field by field in C."""
@@ -87,13 +98,14 @@ class Decision(NamedTuple):
     detail: str | None = None
     store_effect: StoreEffect | None = None
     db_effect: DbEffect | None = None
+    failure: Failure | None = None  # set with error
 
     @property
     def applies(self) -> bool:
         return self.error is None
 
-    def failed(self, error: str) -> Decision:
-        return Decision(self.task_id, self.previous, self.previous, error=error)
+    def failed(self, error: str, failure: Failure) -> Decision:
+        return Decision(self.task_id, self.previous, self.previous, error=error, failure=failure)
 
     def result(self) -> CheckMateTaskBatchResult:
         """The result model, unvalidated: the values are already of the right types, and a
@@ -109,12 +121,14 @@ class Decision(NamedTuple):
 
 
 def not_found(task_id: UUID) -> Decision:
-    return Decision(task_id, None, None, error="task not found")
+    return Decision(task_id, None, None, error="task not found", failure=Failure.NOT_FOUND)
 
 
 def excluded(task_id: UUID, status: StageStatus) -> Decision:
     """A requested id whose task exists but does not match the rest of the filter."""
-    return Decision(task_id, status, status, error="task does not match the filter")
+    return Decision(
+        task_id, status, status, error="task does not match the filter", failure=Failure.EXCLUDED
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +141,7 @@ class Rules:
 
 
 def _refuse(task: Candidate, error: str) -> Decision:
-    return Decision(task.id, task.status, task.status, error=error)
+    return Decision(task.id, task.status, task.status, error=error, failure=Failure.REFUSED)
 
 
 def decide_cancel(task: Candidate, facts: StoreFacts, rules: Rules) -> Decision:

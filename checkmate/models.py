@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Re-exported: the service and the action rules build their models with it.
+from checkmate.pydantic_compat import trusted as trusted
 
 
 class StageStatus(StrEnum):
@@ -146,20 +149,3 @@ class StatusEvent(BaseModel):
     stage: str | None
     queue: str
     changed_at: datetime
-
-
-M = TypeVar("M", bound=BaseModel)
-_new_object = object.__new__
-_set_attr = object.__setattr__
-
-
-def trusted(model: type[M], values: dict[str, Any], fields_set: set[str]) -> M:
-    """A model from values already of its fields' types, without validation and without
-    model_construct's per-field work: for the 10,000s of rows a page or a batch turns into
-    models (validating cost more than the SQL). `values` must hold every field."""
-    instance = _new_object(model)
-    _set_attr(instance, "__dict__", values)
-    _set_attr(instance, "__pydantic_fields_set__", fields_set)
-    _set_attr(instance, "__pydantic_extra__", None)
-    _set_attr(instance, "__pydantic_private__", None)
-    return instance

@@ -45,6 +45,28 @@ class Settings(BaseSettings):
             '["https://console.example.com"] ("*": any); empty = same origin only.'
         ),
     )
+    db_retry_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a worker's database call retries a lost connection before it "
+        "gives up: longer than a failover or a restart.",
+    )
+
+    # --- access and abuse limits (README: "Access control" and "Limits") --------------------
+    token_cache_ttl: float = Field(
+        2.0, gt=0, le=60, description="Seconds a process trusts its snapshot of the tokens."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest HTTP request body.")
+    max_query_depth: int = Field(10, ge=1, description="Deepest field nesting of an operation.")
+    max_aliases: int = Field(30, ge=0, description="Most aliased fields in one document.")
+    max_query_tokens: int = Field(5_000, ge=100, description="Most lexical tokens per document.")
+    max_subscriptions_per_connection: int = Field(
+        100, ge=1, description="Operations in flight on one websocket."
+    )
+    statement_timeout: float = Field(
+        30.0, ge=0, description="Seconds any SQL statement of the API may run (0: no limit)."
+    )
+    introspection: bool = Field(True, description="Answer __schema/__type queries.")
 
     @field_validator("event_retention", mode="before")
     @classmethod

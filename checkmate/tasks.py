@@ -25,14 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 StageResult = dict[str, Any] | None
 StageCallable = Callable[["StageContext"], StageResult | Awaitable[StageResult]]
 
 
 class TaskKindError(ValueError):
-    """Unknown task kind, or params the kind does not accept."""
+    """Unknown task kind, or params the kind does not accept (`path`: where in the params)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -81,16 +85,47 @@ class TaskKind:
         return register(func) if func is not None else register
 
     def validate_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The params as the kind's model reads them. Keys the model does not declare are an
+        error unless the model itself sets `extra` ("allow" or "ignore"): a misspelt key must
+        not fall back to the default silently."""
         raw = dict(params or {})
-        if self.params_model is None:
+        model = self.params_model
+        if model is None:
             return raw
+        if model.model_config.get("extra") in (None, "forbid"):
+            allowed = _declared_keys(model)
+            unknown = sorted(set(raw) - allowed)
+            if unknown:
+                raise TaskKindError(
+                    f"unknown key {unknown[0]!r} for task kind {self.name!r} "
+                    f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
+                )
         try:
-            return self.params_model.model_validate(raw).model_dump(mode="json")
+            return model.model_validate(raw).model_dump(mode="json")
         except ValidationError as error:
-            raise TaskKindError(f"invalid params for task kind {self.name!r}: {error}") from error
+            first = error.errors()[0]
+            path = "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+            )
+            raise TaskKindError(
+                f"invalid params for task kind {self.name!r}: {first['msg']} "
+                f"(got {first['input']!r})",
+                path,
+            ) from None
 
     def stages_for(self, params: dict[str, Any]) -> list[Stage]:
         return self.plan(params) if self.plan is not None else list(self.stages)
+
+
+def _declared_keys(model: type[BaseModel]) -> set[str]:
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        keys.add(info.alias or name)
+        if model.model_config.get("populate_by_name") or info.alias is None:
+            keys.add(name)
+        if isinstance(info.validation_alias, str):
+            keys.add(info.validation_alias)
+    return keys
 
 
 _registry: dict[str, TaskKind] = {}
@@ -131,6 +166,8 @@ def import_task_modules(modules: Iterable[str]) -> None:
 
 
 class DemoPipelineParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     stages: int = 3
     sleep: float = 0.0
     fail_at_stage: int | None = None

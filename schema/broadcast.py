@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import DocumentNode, ExecutionResult, GraphQLError, Node, VariableNode
-from graphql.execution import Executor
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from checkmate.models import StatusEvent
 from schema.context import GraphQLContext
 from schema.dataloaders import Loaders
 from schema.errors import coded
+from schema.graphql_compat import Executor
 from schema.strawberry_view import WebSocketDisconnected, resolve_info
 
 if TYPE_CHECKING:

@@ -10,8 +10,10 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 
+from schema.access import SubscriptionsOverWebsockets
 from schema.errors import ErrorCodes
-from schema.execution import AllocationBurst, PlainLeavesExecutionContext
+from schema.execution import PlainLeavesExecutionContext
+from schema.limits import Limits
 from schema.resolvers import Mutation, Query, Subscription
 
 # Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
@@ -39,18 +41,21 @@ class CheckMateSchema(strawberry.Schema):
         return
 
 
-def build_schema(*, fast_leaves: bool = True) -> CheckMateSchema:
-    """fast_leaves=False: graphql-core's own completion of every field (tests compare)."""
+def build_schema(*, fast_leaves: bool = True, limits: Limits | None = None) -> CheckMateSchema:
+    """fast_leaves=False: graphql-core's own completion of every field (tests compare);
+    limits: what one document may cost (the defaults when not given)."""
     return CheckMateSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         execution_context_class=PlainLeavesExecutionContext if fast_leaves else None,
         extensions=[
+            # The token limit is a parse option: it must be set before the (cached) parse.
+            *(limits or Limits()).extensions(),
             lambda: QueryParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
             ErrorCodes,
-            AllocationBurst,
+            SubscriptionsOverWebsockets,
         ],
     )
 

@@ -9,23 +9,53 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import GraphQLError, GraphQLSyntaxError
+from graphql import FieldNode, GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import SchemaExtension
+from strawberry.utils.str_converters import to_camel_case
 
+from checkmate.arguments import FILTER_FIELDS
+from checkmate.errors import Arg
 from checkmate.events import SubscriberLagging
 from checkmate.service import ServiceError
-from schema.strawberry_view import operation_type_refused
+from schema.limits import QUERY_TOO_COMPLEX, is_token_limit
+from schema.strawberry_view import InvalidOperationTypeError, PreExecutionError
 
 log = logging.getLogger("checkmate.api")
 
 BAD_USER_INPUT = ServiceError.BAD_USER_INPUT
 INTERNAL = ServiceError.INTERNAL
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
-# A request that cannot be run at all (over HTTP: not JSON, not an object, wrong method, media or
-# content type, no query; the status says which) or an operation its transport does not run.
+# An HTTP request that cannot be run at all (not JSON, not an object, wrong method, media or
+# content type, no query); the status says which.
 BAD_REQUEST = "BAD_REQUEST"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 SUBSCRIBER_LAGGING = "SUBSCRIBER_LAGGING"
+STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
+QUERY_CANCELED = "57014"  # PostgreSQL's query_canceled: statement_timeout fired
+
+
+# Service arguments whose GraphQL argument is not their camelCase name.
+_RENAMED = {"task_id": "id", "task_filter": "filter"}
+
+
+def graphql_argument(field: str | None, arg: Arg) -> str:
+    """The name a GraphQL client knows for a service argument, in the field that failed:
+    `maxResults`, `filter.queue`, `input.params`."""
+    if field == "createTask":
+        return f"input.{to_camel_case(arg.name)}"
+    if arg.name in FILTER_FIELDS:
+        return f"filter.{to_camel_case(arg.name)}"
+    return _RENAMED.get(arg.name) or to_camel_case(arg.name)
+
+
+def _service_error(error: GraphQLError, original: ServiceError) -> GraphQLError:
+    node = error.nodes[0] if error.nodes else None
+    field = node.name.value if isinstance(node, FieldNode) else None
+    extensions = {"code": original.code}
+    if original.arg is not None:
+        extensions["argument"] = graphql_argument(field, original.arg)
+    message = original.render(lambda arg: graphql_argument(field, arg))
+    return _with(error, message, extensions)
 
 
 def _with(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
@@ -39,23 +69,42 @@ def _with(error: GraphQLError, message: str, extensions: dict[str, Any]) -> Grap
     )
 
 
-def coded(error: GraphQLError, request_id: str) -> GraphQLError:
-    """The error as the client may see it."""
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy wraps the driver's error in .orig)."""
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def coded(error: GraphQLError, request_id: str, *, executed: bool = False) -> GraphQLError:
+    """The error as the client may see it. `executed`: the operation passed validation (an
+    error without path or cause there is a variable its type rejects)."""
     original = error.original_error
     if error.extensions and "code" in error.extensions:
         return error
     if original is None:
-        code = PARSE_FAILED if isinstance(error, GraphQLSyntaxError) else VALIDATION_FAILED
+        if isinstance(error, GraphQLSyntaxError):
+            code = QUERY_TOO_COMPLEX if is_token_limit(error) else PARSE_FAILED
+        elif executed and error.path is None:
+            code = BAD_USER_INPUT
+        else:
+            code = VALIDATION_FAILED
         return _with(error, error.message, {"code": code})
     if isinstance(original, ServiceError):
-        return _with(error, original.message, {"code": original.code})
+        return _service_error(error, original)
+    if _sqlstate(original) == QUERY_CANCELED:
+        message = "the database statement ran longer than the statement timeout"
+        return _with(error, message, {"code": STATEMENT_TIMEOUT})
+    if isinstance(original, InvalidOperationTypeError):
+        # The legacy graphql-ws protocol carries subscriptions only (strawberry's handler).
+        message = original.as_http_error_reason("graphql-ws") + (
+            "; send them over HTTP or graphql-transport-ws"
+        )
+        return _with(error, message, {"code": VALIDATION_FAILED})
     if isinstance(original, SubscriberLagging):
         extensions = {"code": SUBSCRIBER_LAGGING, "lastEventId": str(original.last_event_id)}
         return _with(error, str(original), extensions)
-    if (refused := operation_type_refused(original)) is not None:
-        return _with(error, refused, {"code": BAD_REQUEST})
     if isinstance(original, GraphQLError):  # raised by a resolver, already phrased for clients
-        return coded(original, request_id)
+        return coded(original, request_id, executed=executed and error.path is None)
     log.error(
         "unexpected error (request %s) at %s", request_id, error.path, exc_info=original
     )
@@ -79,7 +128,10 @@ class ErrorCodes(SchemaExtension):
         errors = getattr(result, "errors", None)
         if errors:
             request_id = self._request_id()
-            result.errors = [coded(error, request_id) for error in errors]
+            executed = not isinstance(result, PreExecutionError)
+            result.errors = [
+                coded(error, request_id, executed=executed) for error in errors
+            ]
 
     def on_operation(self) -> Iterator[None]:
         self._streamed = False

@@ -12,8 +12,8 @@ reports the error with its path exactly as graphql-core does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import suppress
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from operator import attrgetter
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from graphql import (
     GraphQLBoolean,
     GraphQLEnumType,
+    GraphQLError,
     GraphQLID,
     GraphQLInt,
     GraphQLList,
@@ -30,32 +31,16 @@ from graphql import (
     GraphQLString,
     is_leaf_type,
 )
-from graphql.pyutils import Path
-from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
-from strawberry.types.graphql import OperationType
 
-from checkmate.gcpause import allocation_burst
+from schema.graphql_compat import Path
 
 # (response key, read the value from the source, complete the value, non-null, list of leaves,
 #  list items non-null)
 _Plain = tuple[str, Callable[..., Any], Callable[[Any], Any], bool, bool, bool]
 _NOT_PLAIN: list[_Plain] = []
-
-
-class AllocationBurst(SchemaExtension):
-    """A query or mutation builds its whole result at once (10,000 result dicts for a big
-    page): fewer cycle collections meanwhile (see checkmate.gcpause). Not subscriptions: they
-    last as long as their connection."""
-
-    def on_execute(self) -> Iterator[None]:
-        if self.execution_context.operation_type is OperationType.SUBSCRIPTION:
-            yield
-            return
-        with allocation_burst():
-            yield
 
 
 class _Fallback(Exception):
@@ -146,6 +131,33 @@ def _reader(field: Any, resolve: Callable[..., Any]) -> Callable[[Any], Any]:
     return lambda source: resolve(source, None)
 
 
+log = logging.getLogger(__name__)
+
+
+class FastPathCounts:
+    """What the fast path completed, and how often it failed unexpectedly. It hooks into
+    graphql-core and strawberry internals, so an upgrade can turn it off without any error:
+    tests assert on these that it still engages (tests/test_fast_completion.py)."""
+
+    def __init__(self) -> None:
+        self.lists = 0  # lists completed in one loop
+        self.objects = 0  # single objects completed in one pass
+        self.errors = 0  # failures other than a value the ordinary path must report
+
+
+FAST_PATH = FastPathCounts()
+# What a value the fast path cannot complete raises (null in a non-null field, a value its scalar
+# rejects): the ordinary path reports it. Anything else is a fault of the fast path itself.
+_VALUE_ERRORS = (_Fallback, GraphQLError)
+
+
+def _unexpected(error: Exception) -> None:
+    """The ordinary path still answers; count it, and warn once per process (not per object)."""
+    FAST_PATH.errors += 1
+    if FAST_PATH.errors == 1:
+        log.warning("fast completion failed; graphql-core's own completion answers", exc_info=error)
+
+
 class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -220,12 +232,17 @@ class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if not plan:
             return None
         try:
-            return [
+            completed = [
                 _complete(plan, item) if item is not None else _null_item(items_non_null)
                 for item in items
             ]
-        except Exception:
+        except _VALUE_ERRORS:
             return None
+        except Exception as error:
+            _unexpected(error)
+            return None
+        FAST_PATH.lists += 1
+        return completed
 
     def execute_collected_subfields(
         self,
@@ -239,8 +256,15 @@ class PlainLeavesExecutionContext(StrawberryGraphQLCoreExecutionContext):
         plan = self._plan(parent_type, grouped_field_set) if not new_defer_usages else _NOT_PLAIN
         if plan:
             # On any failure the ordinary path below completes it and reports the error.
-            with suppress(Exception):
-                return _complete(plan, source_value)
+            try:
+                completed = _complete(plan, source_value)
+            except _VALUE_ERRORS:
+                pass
+            except Exception as error:
+                _unexpected(error)
+            else:
+                FAST_PATH.objects += 1
+                return completed
         return super().execute_collected_subfields(
             parent_type, source_value, path, grouped_field_set, new_defer_usages, position_context
         )

@@ -6,8 +6,7 @@ from typing import Any
 import strawberry
 from strawberry import UNSET
 
-from checkmate import models
-from checkmate.service import parse_task_ids
+from checkmate import arguments, models
 from schema.types import StageStatus
 
 
@@ -39,14 +38,13 @@ class TaskFilter:
     )
 
     def to_model(self) -> models.TaskFilter:
-        """The service's filter; ServiceError (BAD_USER_INPUT) for a malformed id."""
-        statuses, tags = given(self.statuses), given(self.tags)
-        return models.TaskFilter(
-            ids=parse_task_ids(given(self.ids)),
+        """The service's filter; ServiceError (BAD_USER_INPUT) names a wrong value."""
+        return arguments.task_filter(
+            given(self.ids),
             status=given(self.status),
-            statuses=tuple(statuses) if statuses is not None else None,
+            statuses=given(self.statuses),
             queue=given(self.queue),
-            tags=tuple(tags) if tags is not None else None,
+            tags=given(self.tags),
             since=given(self.since),
             until=given(self.until),
             cleaned=given(self.cleaned),

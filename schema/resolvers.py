@@ -7,11 +7,14 @@ from typing import Annotated, Any, cast
 import strawberry
 from strawberry import UNSET
 
+from checkmate.access import LOCAL_ACTOR, Action
 from checkmate.actions import BatchAction
 from checkmate.models import StageStatus as Status
 from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
 from checkmate.service import BatchResults, ServiceError, TaskObjects
+from schema.access import ALLOWED
+from schema.audit import AuditQuery
 from schema.broadcast import current_sink
 from schema.inputs import CreateTaskInput, TaskFilter, filter_model, given
 from schema.selection import task_fields
@@ -30,10 +33,14 @@ from schema.types import (
 
 FilterArg = Annotated[TaskFilter | None, strawberry.argument(name="filter")]
 IdsArg = list[strawberry.ID] | None
+ReasonArg = Annotated[
+    str | None,
+    strawberry.argument(description="Why: kept in the audit log with a real run."),
+]
 
 
 @strawberry.type
-class Query:
+class Query(AuditQuery):
     @strawberry.field(description="One task; null when no task has that id.")
     async def task(self, info: Ctx, id: strawberry.ID) -> CheckMateTask | None:
         found = await info.context.service.find(id, include_metadata=False)
@@ -73,6 +80,11 @@ class Query:
         return [StatusCount(status=status, count=counts.get(status, 0)) for status in Status]
 
 
+def _actor(info: Ctx) -> str:
+    principal = info.context.principal
+    return principal.name if principal is not None else LOCAL_ACTOR
+
+
 async def _batch(
     info: Ctx,
     action: BatchAction,
@@ -87,9 +99,9 @@ async def _batch(
         BatchAction.CLEAN: service.clean,
         BatchAction.INVOKE: service.invoke,
     }
-    if "sort" in options:
-        options["sort"] = (options["sort"] or SortOrder.DESC).value
+    options["sort"] = (options["sort"] or SortOrder.DESC).value
     dry_run = options["dry_run"] = options["dry_run"] is not False  # null means the default
+    options["actor"] = _actor(info)
     options["db_transact"] = options["db_transact"] is not False
     succeeded, failed = await run[action](
         given(task_ids), task_filter=filter_model(task_filter), **options
@@ -104,14 +116,18 @@ async def _batch(
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation
-    async def create_task(self, info: Ctx, input: CreateTaskInput) -> CheckMateTask:
+    @strawberry.mutation(permission_classes=[ALLOWED[Action.CREATE]])
+    async def create_task(
+        self, info: Ctx, input: CreateTaskInput, reason: ReasonArg = None
+    ) -> CheckMateTask:
         task = await info.context.service.create(
             input.name,
             queue=input.queue if input.queue is not None else "default",
             tags=input.tags or [],
             params=given(input.params),
             invoke=bool(input.invoke),
+            actor=_actor(info),
+            reason=reason,
         )
         # The service wrote these objects a moment ago: no need to read them back.
         info.context.loaders.prime_objects(
@@ -120,6 +136,7 @@ class Mutation:
         return cast(CheckMateTask, task)
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.CANCEL]],
         description=(
             "Set matching non-terminal tasks to CANCELED. Terminal tasks are left as they are "
             "and reported in failed."
@@ -134,13 +151,18 @@ class Mutation:
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.CANCEL, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
-    @strawberry.mutation(description="Remove lock files of matching tasks.")
+    @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.UNLOCK]],
+        description="Remove lock files of matching tasks.",
+    )
     async def unlock_tasks(
         self,
         info: Ctx,
@@ -151,14 +173,16 @@ class Mutation:
         dry_run: bool | None = True,
         db_transact: bool | None = True,
         force: bool | None = False,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
             info, BatchAction.UNLOCK, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
-            force=bool(force),
+            force=bool(force), reason=reason,
         )
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.CLEAN]],
         description=(
             "Remove persisted task objects and metadata of cleanable tasks and mark their "
             "records cleaned."
@@ -169,16 +193,20 @@ class Mutation:
         info: Ctx,
         task_ids: IdsArg = UNSET,
         task_filter: FilterArg = UNSET,
+        sort: SortOrder | None = SortOrder.DESC,
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
-            info, BatchAction.CLEAN, task_ids, task_filter,
+            info, BatchAction.CLEAN, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
     @strawberry.mutation(
+        permission_classes=[ALLOWED[Action.INVOKE]],
         description=(
             "Queue matching tasks for execution; a task resumes after its last completed stage."
         )
@@ -188,13 +216,16 @@ class Mutation:
         info: Ctx,
         task_ids: IdsArg = UNSET,
         task_filter: FilterArg = UNSET,
+        sort: SortOrder | None = SortOrder.DESC,
         max_results: int | None = 100,
         dry_run: bool | None = True,
         db_transact: bool | None = True,
+        reason: ReasonArg = None,
     ) -> BatchOutcome:
         return await _batch(
-            info, BatchAction.INVOKE, task_ids, task_filter,
+            info, BatchAction.INVOKE, task_ids, task_filter, sort=sort,
             max_results=max_results, dry_run=dry_run, db_transact=db_transact,
+            reason=reason,
         )
 
 

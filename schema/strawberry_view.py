@@ -7,18 +7,18 @@ What is overridden, and why:
   clients (npm graphql-ws, Python gql) reject binary frames; every frame here is text;
 - the protocol handlers' `run_operation` / `handle_async_results`: the view gets each operation
   at the start of its own task, so subscription events can be rendered once for all sockets
-  (schema.broadcast);
+  (schema.broadcast); `handle_subscribe` / `handle_start` cap a connection's operations with a
+  coded error, `shutdown` / `cleanup` / `end` let schema.access end a revoked token's socket;
 - the HTTP entry: strawberry answers transport errors (body not JSON, JSON that is not an
   object, wrong content type, no query, wrong method) in text/plain, and a JSON body that is not
   an object crashes its parser (HTTP 500); here each becomes a status and a message the view
   renders as a GraphQL error (GraphQL-over-HTTP);
-- `execute_single`: a subscription over plain HTTP is refused (strawberry runs it as a query,
-  which fails as an internal error) and a mutation over GET gets GraphQL-over-HTTP's 405; a
-  query over legacy graphql-ws (subscriptions only there) is named as such, not as internal;
+- a mutation over GET gets GraphQL-over-HTTP's 405 (strawberry: 400);
+- the exceptions schema/errors.py codes (InvalidOperationTypeError, PreExecutionError);
 - `Info._raw_info`, graphql-core's resolve info behind strawberry's `Info`.
 
-The version is checked before any strawberry module is imported, so a release that moved one of
-them fails with the message below rather than an ImportError about the module.
+The version is checked (checkmate.versions) before any strawberry module is imported, so a
+release that moved one of them fails naming the tested range, not the missing module.
 """
 
 from __future__ import annotations
@@ -26,31 +26,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
+
+from checkmate.versions import require_tested
 
 # The releases these overrides were written against and tested with (0.341.2 is the release the
 # suite runs; no 0.340 was on the package index to test). Widen after running the suite on one.
-TESTED_VERSIONS = ((0, 341), (0, 342))  # [from, to)
-
-
-def check_version(installed: str) -> None:
-    """Refuse a strawberry release outside the tested range, naming both."""
-    try:
-        release = tuple(int(part) for part in installed.split(".")[:2])
-    except ValueError:
-        release = ()
-    low, high = TESTED_VERSIONS
-    if not low <= release < high:
-        raise ImportError(
-            f"CheckMate's server overrides strawberry internals (schema/strawberry_view.py) "
-            f"tested with strawberry-graphql >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
-            f"{installed} is installed. Install a tested release "
-            f"(pip install 'strawberry-graphql>={low[0]}.{low[1]},<{high[0]}.{high[1]}')."
-        )
-
-
-check_version(version("strawberry-graphql"))
+TESTED_RANGE = ("0.341", "0.342")
+require_tested("strawberry-graphql", *TESTED_RANGE)
 
 # Imported only once the version is known to be a tested one (E402 allowed in pyproject).
 import orjson
@@ -61,19 +44,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
-from strawberry.exceptions import MissingQueryError
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.http.parse_content_type import parse_content_type
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
+from schema.access import ConnectionWatch, error_body
 from schema.context import GraphQLContext
 
 if TYPE_CHECKING:
@@ -82,13 +64,13 @@ if TYPE_CHECKING:
     from strawberry.types import Info
 
 __all__ = [
+    "TESTED_RANGE",
     "GraphQLView",
     "HTTPException",
+    "InvalidOperationTypeError",
     "PreExecutionError",
     "WebSocketDisconnected",
     "WebSocketOperation",
-    "check_version",
-    "operation_type_refused",
     "resolve_info",
 ]
 
@@ -97,18 +79,6 @@ def resolve_info(info: Info[Any, Any]) -> GraphQLResolveInfo[Any]:
     """graphql-core's resolve info (field nodes, fragments, schema) behind strawberry's Info."""
     raw: GraphQLResolveInfo[Any] = info._raw_info
     return raw
-
-
-def operation_type_refused(error: BaseException | None) -> str | None:
-    """What to tell a client whose operation type this transport does not run (strawberry's
-    legacy graphql-ws runs subscriptions only; it reports a query as an unexpected error)."""
-    if not isinstance(error, InvalidOperationTypeError):
-        return None
-    kind = error.operation_type.value
-    return (
-        f"a {kind} cannot run over this transport: send queries and mutations over HTTP "
-        "(or graphql-transport-ws), subscriptions over a websocket"
-    )
 
 
 class TextFrameWebSocket(ASGIWebSocketAdapter):
@@ -134,10 +104,62 @@ class WebSocketOperation:
     is_open: Callable[[], bool]
 
 
+TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+# Close code of a websocket whose token stopped being valid (graphql-transport-ws' 4401).
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def _over_limit(handler: Any, message: Any, running: Any) -> dict[str, Any] | None:
+    """The error for an operation over the connection's limit (strawberry's own refusal has
+    no code), or None. `running`: the handler's operations in flight, by id."""
+    limit = handler.max_subscriptions_per_connection
+    if (
+        not handler.connection_acknowledged
+        or limit is None
+        or message.get("id") in running
+        or len(running) < limit
+    ):
+        return None
+    message = f"at most {limit} operations at once on one connection"
+    return error_body(message, TOO_MANY_SUBSCRIPTIONS)
+
+
+def _forget(handler: Any) -> None:
+    """A closing websocket leaves the revocation watch."""
+    state = handler.context.request.app.state
+    watch: ConnectionWatch | None = getattr(state, "connection_watch", None)
+    if watch is not None:
+        watch.discard(handler)
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
-    """graphql-transport-ws: the view sees each operation in the operation's own task."""
+    """graphql-transport-ws: the view sees each operation in the operation's own task; the
+    connection's operations are capped and end when its token is revoked (schema.access)."""
 
     view: GraphQLView
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_subscribe(self, message: Any) -> None:
+        error = _over_limit(self, message, self.operations)
+        if error is not None:
+            refusal: Any = {"id": message["id"], "type": "error", "payload": [error]}
+            await self.send_message(refusal)
+            return
+        await super().handle_subscribe(message)
+
+    async def shutdown(self) -> None:
+        _forget(self)
+        await super().shutdown()
+
+    async def end(self, error: dict[str, Any]) -> None:
+        """Every operation ends with `error`, then the socket closes (token revoked)."""
+        for operation in list(self.operations.values()):
+            ending: Any = {"id": operation.id, "type": "error", "payload": [error]}
+            await operation.send_operation_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         assert isinstance(self.websocket, ASGIWebSocketAdapter)
@@ -154,6 +176,29 @@ class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     """graphql-ws (subscriptions-transport-ws), the same way."""
 
     view: GraphQLView
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context.ws_handler = self
+
+    async def handle_start(self, message: Any) -> None:
+        error = _over_limit(self, message, self.tasks)
+        if error is not None:
+            refusal: Any = {"type": "error", "id": message["id"], "payload": error}
+            await self.send_message(refusal)
+            return
+        await super().handle_start(message)
+
+    async def cleanup(self) -> None:
+        _forget(self)
+        await super().cleanup()
+
+    async def end(self, error: dict[str, Any]) -> None:
+        for operation_id in list(self.tasks):
+            self.tasks.pop(operation_id).cancel()
+            ending: Any = {"type": "error", "id": operation_id, "payload": error}
+            await self.send_message(ending)
+        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
 
     async def handle_async_results(
         self,
@@ -179,15 +224,8 @@ _REASONS = {
         "JSON object"
     ),
     "Unable to parse request body as JSON": "the request body (or a JSON parameter) is not JSON",
+    "No GraphQL query found in the request": "the request has no `query`",
 }
-
-
-class RequestRefused(HTTPException):
-    """A request error with response headers (Allow of a 405)."""
-
-    def __init__(self, status_code: int, reason: str, headers: Mapping[str, str]) -> None:
-        super().__init__(status_code, reason)
-        self.headers = headers
 
 
 class GraphQLView(GraphQL[GraphQLContext, None], abc.ABC):
@@ -219,52 +257,20 @@ class GraphQLView(GraphQL[GraphQLContext, None], abc.ABC):
         try:
             response = await self.run(request)
         except HTTPException as error:
-            headers = dict(getattr(error, "headers", {}))
-            if error.status_code == 405:
-                headers.setdefault("allow", "GET, POST")
-            reason = _REASONS.get(error.reason, error.reason)
-            response = self.request_error(request, error.status_code, reason, headers)
+            status, reason, headers = error.status_code, error.reason, {}
+            cause = error.__cause__
+            if status == 405:
+                headers["allow"] = "GET, POST"
+            elif (
+                isinstance(cause, InvalidOperationTypeError)
+                and cause.operation_type is OperationType.MUTATION
+                and request.method == "GET"
+            ):
+                # GraphQL-over-HTTP: a mutation over GET is 405; POST is the method to use.
+                status, reason, headers["allow"] = 405, "mutations are sent with POST", "POST"
+            reason = _REASONS.get(reason, reason)
+            response = self.request_error(request, status, reason, headers)
         await response(scope, receive, send)
-
-    async def execute_single(
-        self,
-        request: Request,
-        request_adapter: AsyncHTTPRequestAdapter,
-        sub_response: Response,
-        context: GraphQLContext,
-        root_value: None,
-        request_data: GraphQLRequestData,
-    ) -> ExecutionResult:
-        # strawberry's own, except that a subscription over plain HTTP (no SSE or multipart
-        # transport is offered) is refused: strawberry would run it as a query, whose field
-        # then fails as null. Mutations over GET get GraphQL-over-HTTP's 405.
-        method = request_adapter.method
-        allowed = OperationType.from_http(method) - {OperationType.SUBSCRIPTION}
-        try:
-            return await self.schema.execute(
-                request_data.query,
-                root_value=root_value,
-                variable_values=request_data.variables,
-                context_value=context,
-                operation_name=request_data.operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=request_data.extensions,
-            )
-        except CannotGetOperationTypeError as error:
-            raise HTTPException(400, error.as_http_error_reason()) from error
-        except InvalidOperationTypeError as error:
-            if error.operation_type is OperationType.SUBSCRIPTION:
-                raise HTTPException(
-                    400, "subscriptions go over a websocket to this URL (graphql-transport-ws)"
-                ) from error
-            if error.operation_type is OperationType.MUTATION and method == "GET":
-                raise RequestRefused(
-                    405, "mutations are not allowed over GET; send them with POST",
-                    {"allow": "POST"},
-                ) from error
-            raise HTTPException(400, error.as_http_error_reason(method)) from error
-        except MissingQueryError as error:
-            raise HTTPException(400, "the request has no `query`") from error
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter

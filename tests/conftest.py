@@ -19,6 +19,8 @@ from checkmate.db.migrate import upgrade
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from checkmate.store import TaskStore
+from schema.execution import FAST_PATH
+from tests.worker_support import start_worker  # noqa: F401  (a fixture for the worker tests)
 
 TEMPLATE = f"checkmate_template_{os.getpid()}"
 
@@ -101,3 +103,12 @@ async def service(settings: Settings) -> AsyncIterator[CheckMateService]:
 @pytest.fixture
 def store(service: CheckMateService) -> TaskStore:
     return service.store
+
+
+@pytest.fixture(autouse=True)
+def fast_path_faults_fail_the_test() -> Iterator[None]:
+    """schema/execution.py's fast path falls back to graphql-core on any fault and only warns
+    once per process: in the tests, a fault there fails the test that caused it."""
+    before = FAST_PATH.errors
+    yield
+    assert FAST_PATH.errors == before, "the fast completion path failed (see the warning log)"

@@ -15,6 +15,7 @@ import obstore
 
 from checkmate.models import StageMetadata, StageStatus, TaskLock, TaskObject
 from checkmate.store import TaskStore, lock_path, task_path
+from tests.support import TaskRow, insert_task_rows
 
 LockState = Literal["fresh", "stale", "corrupt"] | None
 ObjectState = Literal["ok", "missing", "corrupt"]
@@ -56,26 +57,22 @@ async def insert_records(
     """Insert task records in one statement (as any writer could), returning their ids."""
     ids = list(ids) if ids is not None else [uuid4() for _ in specs]
     now = datetime.now(UTC)
-    await raw_conn.executemany(
-        "INSERT INTO tasks (id, name, queue, tags, status, created_at, updated_at, attempts, "
-        "cleaned, cleaned_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        [
-            (
-                task_id,
-                spec.name,
-                spec.queue,
-                list(spec.tags),
-                spec.status.value,
-                now - timedelta(seconds=spec.created_ago),
-                now - timedelta(seconds=spec.updated_ago),
-                spec.attempts,
-                spec.cleaned,
-                now if spec.cleaned else None,
-            )
-            for task_id, spec in zip(ids, specs, strict=True)
-        ],
-    )
-    return ids
+    rows = [
+        TaskRow(
+            id=task_id,
+            name=spec.name,
+            queue=spec.queue,
+            tags=spec.tags,
+            status=spec.status,
+            created_at=now - timedelta(seconds=spec.created_ago),
+            updated_at=now - timedelta(seconds=spec.updated_ago),
+            attempts=spec.attempts,
+            cleaned=spec.cleaned,
+            cleaned_at=now if spec.cleaned else None,
+        )
+        for task_id, spec in zip(ids, specs, strict=True)
+    ]
+    return await insert_task_rows(raw_conn, rows)
 
 
 def _lock(state: LockState, lock_timeout: float) -> TaskLock:
@@ -140,10 +137,13 @@ async def make_task(
 
 async def dump_database(raw_conn: asyncpg.Connection, sequences: bool = True) -> dict[str, Any]:
     """Every row of every table of the schema, in a stable order, and the sequences' positions
-    (which a rolled-back transaction moves too: pass sequences=False after a rollback)."""
+    (which a rolled-back transaction moves too: pass sequences=False after a rollback).
+    Not the audit log: every real run writes its row, even one that changes nothing
+    (tests/test_audit.py checks those rows)."""
     tables = await raw_conn.fetch(
         "SELECT table_name FROM information_schema.tables "
-        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' "
+        "AND table_name <> 'audit_log' ORDER BY table_name"
     )
     dump: dict[str, Any] = {}
     for (table,) in tables:
@@ -151,7 +151,8 @@ async def dump_database(raw_conn: asyncpg.Connection, sequences: bool = True) ->
         dump[table] = [tuple(row.items()) for row in rows]
     if sequences:
         positions = await raw_conn.fetch(
-            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public' "
+            "AND sequencename NOT LIKE 'audit_log%'"
         )
         dump["sequences"] = sorted(tuple(row) for row in positions)
     return dump

@@ -4,11 +4,11 @@ write tasks exactly as the service and a worker leave them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from server import create_app
+from tests.support import TaskRow, bounded, insert_task_rows
 
 
 @dataclass
@@ -51,10 +52,14 @@ class Api:
 @asynccontextmanager
 async def running_api(settings: Settings) -> AsyncIterator[Api]:
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield Api(app, client)
+    async with AsyncExitStack() as lifespan:
+        await lifespan.enter_async_context(app.router.lifespan_context(app))
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                yield Api(app, client)
+        finally:
+            await bounded(lifespan.aclose(), "the app's shutdown (EventHub.stop, service.close)")
 
 
 async def insert_tasks(
@@ -72,21 +77,15 @@ async def insert_tasks(
     """`count` records, attributes cycling through the given values; `same_time` consecutive
     tasks share one created_at (keyset pagination must break those ties by id)."""
     start = start or datetime(2026, 1, 1, tzinfo=UTC)
-    ids = [uuid4() for _ in range(count)]
-    await raw_conn.executemany(
-        "INSERT INTO tasks (id, name, queue, tags, status, created_at, updated_at, cleaned) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
-        [
-            (
-                task_id,
-                names[i % len(names)],
-                queues[i % len(queues)],
-                list(tags[i % len(tags)]),
-                statuses[i % len(statuses)],
-                start + timedelta(seconds=i // same_time),
-                bool(cleaned_every) and i % cleaned_every == 0,
-            )
-            for i, task_id in enumerate(ids)
-        ],
-    )
-    return ids
+    rows = [
+        TaskRow(
+            name=names[i % len(names)],
+            queue=queues[i % len(queues)],
+            tags=tags[i % len(tags)],
+            status=statuses[i % len(statuses)],
+            created_at=start + timedelta(seconds=i // same_time),
+            cleaned=bool(cleaned_every) and i % cleaned_every == 0,
+        )
+        for i in range(count)
+    ]
+    return await insert_task_rows(raw_conn, rows)

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
 from server import GraphQLRouter, create_app
+from tests.support import bounded, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,14 +44,6 @@ def free_port() -> int:
         return port
 
 TIMEOUT = 15
-
-
-async def until(condition: Callable[[], bool], seconds: float = TIMEOUT) -> None:
-    async with asyncio.timeout(seconds):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -78,18 +71,18 @@ async def serving(settings: Settings) -> AsyncIterator[Served]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    await until(lambda: server.started)
+    await wait_until(lambda: server.started, TIMEOUT)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield Served(f"ws://127.0.0.1:{port}/graphql", app)
     finally:
         server.should_exit = True
-        await task
+        await bounded(task, "uvicorn shutdown (lifespan: EventHub.stop, service.close)")
 
 
 class ServerProcess:
-    """`uvicorn server:create_app` in its own process, as `checkmate serve` runs it (websocket
-    compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
+    """`uvicorn checkmate.cli:serving_app` in its own process, as `checkmate serve` runs it
+    (websocket compression off unless `ws_compression`); with `cli`, `checkmate serve` itself."""
 
     def __init__(
         self,
@@ -99,6 +92,7 @@ class ServerProcess:
         ws_compression: bool = False,
         env: Mapping[str, str] | None = None,
         cli: bool = False,
+        stderr: Any = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -111,7 +105,7 @@ class ServerProcess:
             **(env or {}),
         }
         command = [
-            sys.executable, "-m", "uvicorn", "server:create_app", "--factory",
+            sys.executable, "-m", "uvicorn", "checkmate.cli:serving_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
             "--ws-max-queue", "1024",
             "--ws-per-message-deflate", "true" if ws_compression else "false",
@@ -121,7 +115,7 @@ class ServerProcess:
                 sys.executable, "-m", "checkmate.cli", "serve", "--port", str(self.port),
                 *(["--ws-compression"] if ws_compression else []),
             ]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=stderr)
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         deadline = time.monotonic() + seconds

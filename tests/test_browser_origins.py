@@ -20,7 +20,8 @@ from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
-from tests.subscription_support import TIMEOUT, Served, Subscription, serving, until
+from tests.subscription_support import TIMEOUT, Served, Subscription, serving
+from tests.support import wait_until
 
 CONSOLE = "http://console.test:3000"
 OTHER = "http://evil.test"
@@ -94,7 +95,7 @@ async def test_allowed_origin_gets_a_working_websocket(
         query = "subscription($ids: [ID!]) { taskStatusChanged(filter: {ids: $ids}) { status } }"
         payload = {"query": query, "variables": {"ids": [str(task_id)]}}
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
-        await until(lambda: hub.subscriber_count == 1)
+        await wait_until(lambda: hub.subscriber_count == 1)
         await raw_conn.execute("UPDATE tasks SET status = 'QUEUED' WHERE id = $1", task_id)
         async with asyncio.timeout(TIMEOUT):
             status = (await feed.next_event())["status"]

@@ -19,7 +19,8 @@ import pytest
 
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
-from tests.subscription_support import TIMEOUT, Served, serving, until
+from tests.subscription_support import TIMEOUT, Served, serving
+from tests.support import wait_until
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 NODE = shutil.which("node")
@@ -79,7 +80,7 @@ async def test_graphql_ws_client_subscribes_receives_and_completes(
         assert {row["status"] for row in query["query"]["data"]["taskCounts"]} >= {"CREATED"}
         assert await client.line() == {"queryCompleted": True}  # the server's `complete`
         assert await client.line() == {"subscribed": True}
-        await until(lambda: hub.subscriber_count == 1)
+        await wait_until(lambda: hub.subscriber_count == 1)
         for status in ("QUEUED", "RUNNING"):  # committed by another connection, by hand
             await raw_conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", other, status)
             await raw_conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, status)
@@ -93,7 +94,7 @@ async def test_graphql_ws_client_subscribes_receives_and_completes(
     assert [(e["taskId"], e["previousStatus"], e["status"]) for e in events] == [
         (str(task_id), "CREATED", "QUEUED"), (str(task_id), "QUEUED", "RUNNING")
     ]
-    await until(lambda: hub.subscriber_count == 0)  # the client's `complete` ended it
+    await wait_until(lambda: hub.subscriber_count == 0)  # the client's `complete` ended it
 
 
 async def test_graphql_http_audit_passes_every_must_and_should(served: Served) -> None:

@@ -16,7 +16,8 @@ from graphql import GraphQLError
 
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
-from tests.subscription_support import TIMEOUT, serving, until
+from tests.subscription_support import TIMEOUT, serving
+from tests.support import wait_until
 
 FEED = gql(
     """subscription($filter: TaskFilter) {
@@ -51,14 +52,14 @@ async def test_gql_subscribes_and_receives_over_both_subprotocols(
                 return received
 
             receiving = asyncio.create_task(two_events())
-            await until(lambda: hub.subscriber_count == 1)
+            await wait_until(lambda: hub.subscriber_count == 1)
             for status in ("QUEUED", "RUNNING"):
                 await raw_conn.execute(
                     "UPDATE tasks SET status = $2 WHERE id = $1", task_id, status
                 )
             async with asyncio.timeout(TIMEOUT):
                 events = await receiving
-            await until(lambda: hub.subscriber_count == 0)  # gql stopped the operation
+            await wait_until(lambda: hub.subscriber_count == 0)  # gql stopped the operation
     assert [(e["taskId"], e["previousStatus"], e["status"]) for e in events] == [
         (str(task_id), "CREATED", "QUEUED"), (str(task_id), "QUEUED", "RUNNING")
     ]

@@ -3,9 +3,8 @@ for any writer (raw SQL included)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -15,31 +14,36 @@ from checkmate.db.tables import EVENTS_CHANNEL, QUEUED_CHANNEL
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from tests.core_helpers import TaskSpec, insert_records, make_tasks
+from tests.support import TaskRow, insert_task_rows, wait_until
 
 S = StageStatus
 
 
 class Listener:
-    def __init__(self) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
         self.received: dict[str, list[str]] = {EVENTS_CHANNEL: [], QUEUED_CHANNEL: []}
 
     def __call__(self, conn: object, pid: int, channel: str, payload: str) -> None:
         self.received[channel].append(payload)
 
-    async def settle(self, channel: str, expected: int, quiet: float = 0.3) -> list[str]:
-        """Wait until `expected` notifications arrived, then a little longer for extra ones."""
-        for _ in range(100):
-            if len(self.received[channel]) >= expected:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(quiet)
-        return self.received[channel]
+    async def settle(self, channel: str, expected: int) -> list[str]:
+        """Every notification committed so far on `channel` (at least `expected`). No waiting
+        for a quiet period: a marker is notified now, and PostgreSQL delivers notifications in
+        commit order, so when the marker arrives everything committed before it has too."""
+        marker = f"marker-{uuid4()}"
+        await self.conn.execute("SELECT pg_notify($1, $2)", channel, marker)
+        await wait_until(lambda: marker in self.received[channel], 15)
+        received = self.received[channel]
+        del received[received.index(marker)]
+        assert len(received) >= expected, received
+        return received
 
 
 @pytest.fixture
 async def listener(database_url: str) -> AsyncIterator[Listener]:
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    listener = Listener()
+    listener = Listener(conn)
     await conn.add_listener(EVENTS_CHANNEL, listener)
     await conn.add_listener(QUEUED_CHANNEL, listener)
     yield listener
@@ -79,11 +83,12 @@ async def test_raw_update_of_500_rows_sends_one_notification(
 async def test_insert_writes_one_event_per_row_and_one_notification(
     raw_conn: asyncpg.Connection, listener: Listener
 ) -> None:
-    await raw_conn.execute(
-        "INSERT INTO tasks (name, queue, status) "
-        "SELECT 'demo.pipeline', 'q' || (i % 2), "
-        "CASE WHEN i % 3 = 0 THEN 'QUEUED' ELSE 'CREATED' END "
-        "FROM generate_series(1, 300) AS i"
+    await insert_task_rows(
+        raw_conn,
+        [
+            TaskRow(queue=f"q{i % 2}", status="QUEUED" if i % 3 == 0 else "CREATED")
+            for i in range(1, 301)
+        ],
     )
     payloads = await listener.settle(EVENTS_CHANNEL, 1)
     events = await raw_conn.fetch("SELECT * FROM status_events ORDER BY id")

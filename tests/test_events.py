@@ -16,9 +16,11 @@ import pytest
 
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
-from checkmate.events import EventHub, SubscriberLagging, TaskFacts, _Snapshot, matches
+from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
+from checkmate.events.reader import Snapshot as _Snapshot
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
+from tests.support import TaskRow, bounded, insert_task_rows, wait_until
 
 Events = AsyncGenerator[StatusEvent, None]
 
@@ -26,22 +28,18 @@ Events = AsyncGenerator[StatusEvent, None]
 @pytest.fixture
 async def hub(service: CheckMateService) -> AsyncIterator[EventHub]:
     # A keep-alive longer than any test: recovery must come from the reconnect, not a poll.
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     await hub.start()
     yield hub
-    await hub.stop()
+    await bounded(hub.stop(), "EventHub.stop")
 
 
 async def new_tasks(
     conn: asyncpg.Connection, count: int, *, name: str = "demo", queue: str = "default",
     tags: tuple[str, ...] = (),
 ) -> list[UUID]:
-    rows = await conn.fetch(
-        "INSERT INTO tasks (name, queue, tags) SELECT $1, $2, $3 FROM generate_series(1, $4)"
-        " RETURNING id",
-        name, queue, list(tags), count,
-    )
-    return [row["id"] for row in rows]
+    rows = [TaskRow(name=name, queue=queue, tags=tags) for _ in range(count)]
+    return await insert_task_rows(conn, rows)
 
 
 async def set_status(conn: asyncpg.Connection, ids: list[UUID], status: StageStatus) -> None:
@@ -82,13 +80,31 @@ async def nothing_more(
 
 
 async def caught_up(hub: EventHub) -> None:
-    async with hub.service.engine.connect() as conn:
+    async with hub.database.connect() as conn:
         newest = await queries.select_last_event_id(conn)
-    for _ in range(1_000):
-        if hub.delivered >= newest:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the hub never delivered event {newest}")
+    await wait_until(lambda: hub.delivered >= newest, describe=lambda: f"never delivered {newest}")
+
+
+async def read_past(hub: EventHub, conn: asyncpg.Connection) -> int:
+    """Wait until the hub's reader has read up to the newest committed event id; that id."""
+    newest = (await stored_events(conn))[-1]["id"]
+    await wait_until(
+        lambda: hub.reader.read_upto >= newest, describe=lambda: f"never read {newest}"
+    )
+    return int(newest)
+
+
+def count_reads(hub: EventHub) -> list[int]:
+    """A one-item list counting the hub's reads from now on."""
+    reads = [0]
+    read_once = hub.read_once
+
+    async def counted() -> bool:
+        reads[0] += 1
+        return await read_once()
+
+    hub.read_once = counted  # type: ignore[method-assign]
+    return reads
 
 
 async def open_subscription(
@@ -105,11 +121,11 @@ async def open_subscription(
     before = hub.subscriber_count
     events = cast(Events, hub.subscribe(task_filter, after))  # an async generator: aclose()
     first = asyncio.ensure_future(anext(events))
-    for _ in range(500):
-        if hub.subscriber_count > before or first.done():
-            return events, first
-        await asyncio.sleep(0.01)
-    raise AssertionError("subscription never registered")
+    await wait_until(
+        lambda: hub.subscriber_count > before or first.done(),
+        describe=lambda: "subscription never registered",
+    )
+    return events, first
 
 
 async def collect(
@@ -156,12 +172,7 @@ async def test_out_of_order_commits_are_delivered_in_id_order(
         await transaction.start()
         await set_status(slow, [first_task], StageStatus.QUEUED)  # takes the lower id
         await set_status(raw_conn, [second_task], StageStatus.QUEUED)  # commits first
-        newest = (await stored_events(raw_conn))[-1]["id"]
-        for _ in range(500):
-            if hub._read_upto >= newest:
-                break
-            await asyncio.sleep(0.01)
-        assert hub._read_upto >= newest, "the reader never saw the committed event"
+        await read_past(hub, raw_conn)
         assert not first.done(), "an event above an open transaction's id was not held back"
         await transaction.commit()
     finally:
@@ -189,8 +200,8 @@ async def test_a_rolled_back_hole_does_not_stall_the_feed(
     assert received.task_id == second_task
     # The hole was resolved by visibility, well before max_hold would have skipped it.
     assert hub.max_hold > 5
-    assert not hub._holes
-    assert not hub._overdue
+    assert not hub.reader.holes
+    assert not hub.reader.overdue
 
 
 async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
@@ -198,21 +209,21 @@ async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
 ) -> None:
     first_task, second_task = await new_tasks(raw_conn, 2)
     slow = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         transaction = slow.transaction()
         await transaction.start()
         await set_status(slow, [first_task], StageStatus.QUEUED)
         await set_status(raw_conn, [second_task], StageStatus.QUEUED)  # newest id at start
         await hub.start()
-        await asyncio.sleep(0.3)  # let the first read run before subscribing
+        await read_past(hub, raw_conn)  # the first read ran before the subscription
         events, first = await open_subscription(hub, catch_up=False)
         await transaction.commit()
         received = await collect(events, first, 1)
         assert received[0].task_id == first_task
     finally:
         await slow.close()
-        await hub.stop()
+        await bounded(hub.stop(), "EventHub.stop")
 
 
 async def test_after_event_id_resumes_after_a_disconnect_without_loss_or_duplicate(
@@ -276,12 +287,18 @@ async def test_terminating_the_listen_connection_during_1000_changes_loses_nothi
     killed: list[int] = []
 
     async def kill_listener() -> None:
-        for _ in range(4):
-            await asyncio.sleep(0.15)
-            pid = hub.listener_pid
-            if pid is not None and pid not in killed:
-                await raw_conn.execute("SELECT pg_terminate_backend($1)", pid)
-                killed.append(pid)
+        # Four kills spread over the writes: after 150, 350, 550 and 750 changes, each of a
+        # listener the hub reopened after the previous kill.
+        for written in (150, 350, 550, 750):
+
+            async def due(written: int = written) -> int | None:
+                newest = await raw_conn.fetchval("SELECT max(id) FROM status_events")
+                pid = hub.listener_pid
+                return pid if newest >= start + written and pid not in (None, *killed) else None
+
+            pid = await wait_until(due, interval=0.01)
+            await raw_conn.execute("SELECT pg_terminate_backend($1)", pid)
+            killed.append(pid)
 
     await asyncio.gather(
         *(_write_changes(database_url, ids, rounds) for ids in groups), kill_listener()
@@ -300,7 +317,7 @@ async def test_terminating_the_listen_connection_during_1000_changes_loses_nothi
 async def test_an_overflowing_subscriber_is_dropped_while_another_gets_everything(
     service: CheckMateService, raw_conn: asyncpg.Connection
 ) -> None:
-    hub = EventHub(service, keepalive=60, max_queue=10)
+    hub = EventHub(service.database, service.settings, keepalive=60, max_queue=10)
     await hub.start()
     try:
         ids = await new_tasks(raw_conn, 1)
@@ -326,7 +343,7 @@ async def test_an_overflowing_subscriber_is_dropped_while_another_gets_everythin
         await resumed.aclose()
         await fast.aclose()
     finally:
-        await hub.stop()
+        await bounded(hub.stop(), "EventHub.stop")
 
 
 async def test_each_subscriber_gets_exactly_the_events_its_filter_matches(
@@ -420,7 +437,7 @@ async def test_prune_deletes_only_events_older_than_the_retention(
         "UPDATE status_events SET changed_at = now() - $1::interval - interval '1 minute'"
         " WHERE id = ANY($2)", retention, old,
     )
-    hub = EventHub(service, prune_batch=4)
+    hub = EventHub(service.database, service.settings, prune_batch=4)
     assert await hub.prune() == 9
     remaining = [row["id"] for row in await stored_events(raw_conn)]
     assert len(remaining) == 5
@@ -453,13 +470,9 @@ async def test_a_hole_held_by_a_newer_xid_than_the_last_commit_is_not_skipped(
         assert await _xid(newer) > older_xid
         await set_status(older, [second_task], StageStatus.QUEUED)  # older xid, higher id
         await older_tx.commit()  # the newest commit is now the OLDER xid: `newer` >= xmax
-        newest = (await stored_events(raw_conn))[-1]["id"]
-        for _ in range(500):
-            if hub._read_upto >= newest:
-                break
-            await asyncio.sleep(0.01)
-        assert hub._read_upto >= newest, "the reader never saw the committed event"
-        await asyncio.sleep(3 * hub.gap_poll)  # several reads while `newer` is still open
+        newest = await read_past(hub, raw_conn)
+        reads = count_reads(hub)
+        await wait_until(lambda: reads[0] >= 3)  # several reads while `newer` is still open
         assert not first.done(), "an event above an open transaction's id was not held back"
         assert hub.delivered < newest
         await newer_tx.commit()
@@ -478,7 +491,7 @@ async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
     first_task, second_task = await new_tasks(raw_conn, 2)
     older = await asyncpg.connect(asyncpg_dsn(database_url))
     newer = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         older_tx, newer_tx = older.transaction(), newer.transaction()
         await older_tx.start()
@@ -488,7 +501,7 @@ async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
         await set_status(older, [second_task], StageStatus.QUEUED)
         await older_tx.commit()  # newest id at start; its hole's xid is above xmax
         await hub.start()
-        await asyncio.sleep(0.3)  # let the first reads run before subscribing
+        await read_past(hub, raw_conn)  # the first reads ran before the subscription
         events, first = await open_subscription(hub, catch_up=False)
         await newer_tx.commit()
         received = await collect(events, first, 1)
@@ -497,7 +510,7 @@ async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
     finally:
         await older.close()
         await newer.close()
-        await hub.stop()
+        await bounded(hub.stop(), "EventHub.stop")
 
 
 async def _short_transactions(database_url: str, ids: list[UUID], seed: int) -> None:

@@ -19,7 +19,8 @@ from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
-from tests.subscription_support import TIMEOUT, Served, serving, until
+from tests.subscription_support import TIMEOUT, Served, serving
+from tests.support import wait_until
 
 SUBSCRIPTION = """
 subscription Feed($filter: TaskFilter, $after: ID) {
@@ -104,7 +105,7 @@ async def subscribed(
     hub = feed.app.state.hub
     before = hub.subscriber_count
     await feed.subscribe(variables, query=query)
-    await until(lambda: hub.subscriber_count > before)
+    await wait_until(lambda: hub.subscriber_count > before, TIMEOUT)
 
 
 @pytest.mark.parametrize("kind", [TransportWs, LegacyWs], ids=["transport-ws", "legacy-ws"])

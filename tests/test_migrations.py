@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkmate.db.engine import create_engine
-from checkmate.db.migrate import downgrade, upgrade
+from checkmate.db.migrate import alembic_config, downgrade, upgrade
 from checkmate.db.tables import metadata
 
 TRIGGERS = {
@@ -27,6 +28,12 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, pool_size=1)
     yield engine
     await engine.dispose()
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
 
 
 async def _diffs(engine: AsyncEngine) -> list[Any]:
@@ -81,10 +88,12 @@ async def test_downgrade_and_upgrade_round_trip(
 
     await upgrade(engine)
 
-    assert await _tables(raw_conn) == {"alembic_version", "tasks", "status_events"}
+    assert await _tables(raw_conn) == {
+        "alembic_version", "tasks", "status_events", "api_tokens", "audit_log"
+    }
     assert await _diffs(engine) == []
     assert await _triggers(raw_conn) == TRIGGERS
-    assert await raw_conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+    assert await raw_conn.fetchval("SELECT version_num FROM alembic_version") == _head()
     # Upgrading an up-to-date database is a no-op.
     await upgrade(engine)
     assert await _diffs(engine) == []

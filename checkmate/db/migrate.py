@@ -28,6 +28,9 @@ async def _run(engine: AsyncEngine, step: Callable[[Config, str], None], revisio
 
     async with engine.begin() as connection:
         # Two processes starting at once must not both run the DDL.
+        # Waiting for another migrating process, or DDL on a big table, may outlast the
+        # engine's statement_timeout, which is meant for requests.
+        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         await connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426818361)")
         await connection.run_sync(run_step)
 

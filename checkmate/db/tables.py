@@ -16,7 +16,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from checkmate.models import StageStatus
 
@@ -72,6 +72,45 @@ status_events = Table(
     Column("changed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Index("status_events_changed_at_idx", "changed_at"),
     Index("status_events_task_id_idx", "task_id"),
+)
+
+# API tokens: only the SHA-256 of each token is kept (see checkmate.access). A revoked token's row
+# stays (audit rows name it); a name is unique among the tokens not revoked.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("role IN ('viewer', 'operator')", name="api_tokens_role_check"),
+    Index(
+        "api_tokens_active_name_idx",
+        "name",
+        unique=True,
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
+)
+
+# One row per real (non-dry-run) mutation, written in the transaction of its effect.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("selection", JSONB, nullable=False),
+    Column("reason", Text),
+    Column("succeeded", ARRAY(UUID(as_uuid=True)), nullable=False),
+    Column("failed", ARRAY(UUID(as_uuid=True)), nullable=False),
+    # auditLog pages newest first by (at, id), filtered by time and optionally actor or action.
+    Index("audit_log_at_id_idx", "at", "id"),
+    Index("audit_log_actor_at_id_idx", "actor", "at", "id"),
+    Index("audit_log_action_at_id_idx", "action", "at", "id"),
 )
 
 EVENTS_CHANNEL = "checkmate_events"
