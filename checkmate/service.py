@@ -23,7 +23,7 @@ from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import BatchAction
 from checkmate.arguments import FilterArgs, TaskIds
 from checkmate.audit import AuditPage, AuditRecord, check_reason, read_audit_page
-from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection, describe
+from checkmate.batch import BatchResults, BatchRunner
 from checkmate.db import queries
 from checkmate.db.database import Database
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
@@ -40,6 +40,7 @@ from checkmate.models import (
     TaskPage,
 )
 from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
+from checkmate.selection import BatchOptions, Selection, describe
 from checkmate.settings import Settings, get_settings
 from checkmate.store import TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules

@@ -88,7 +88,7 @@ class Worker:
         self._claim_backoff = Backoff(first=0.05, most=1.0)
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="checkmate-stage")
         self._db = WorkerDatabase(
-            service.database_url, self.name, retry_seconds=service.settings.db_retry_seconds
+            service.database.url, self.name, retry_seconds=service.settings.db_retry_seconds
         )
 
     def stop(self) -> None:
