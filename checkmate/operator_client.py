@@ -146,7 +146,7 @@ class LocalClient:
             service.select, request.task_ids, _snake_filter(request.task_filter),
             sort=request.sort.lower(), max_results=request.max_results,
         )
-        from checkmate.batch import BatchOptions
+        from checkmate.service import BatchOptions
 
         options = BatchOptions.build(
             dry_run=request.dry_run, db_transact=request.db_transact, force=request.force
