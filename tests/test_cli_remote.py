@@ -132,3 +132,43 @@ def test_watch_prints_a_change_committed_by_raw_sql(
     finally:
         watcher.terminate()
         watcher.wait(20)
+
+
+def test_watch_resumes_after_the_server_went_away(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops (the server stops); a change committed meanwhile arrives once the
+    server is back, exactly once, and nothing printed before is printed again."""
+    first = ServerProcess(database_url, tmp_path)
+    [task_id] = seed(database_url, [TaskRow(status="QUEUED", queue="resumed")])
+    [last] = sql(database_url, "SELECT coalesce(max(id), 0) AS id FROM status_events")
+    received: queue.Queue[str] = queue.Queue()
+    watcher = None
+    second = None
+    try:
+        first.wait_ready()
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "checkmate.cli", "tasks", "watch", "--json", "--queue",
+             "resumed", "--after", str(last["id"]), "--url", first.url],
+            cwd=ROOT, env=_env(database_url, tmp_path), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True,
+        )
+        threading.Thread(target=_read_lines, args=(watcher.stdout, received), daemon=True).start()
+        sql(database_url, "UPDATE tasks SET status = 'RUNNING' WHERE id = $1::uuid", task_id)
+        assert json.loads(received.get(timeout=60))["status"] == "RUNNING"
+        first.stop()
+        sql(database_url, "UPDATE tasks SET status = 'ERROR' WHERE id = $1::uuid", task_id)
+        monkeypatch.setattr("tests.subscription_support.free_port", lambda: first.port)
+        second = ServerProcess(database_url, tmp_path)
+        second.wait_ready()
+        event = json.loads(received.get(timeout=60))
+        assert (event["previousStatus"], event["status"]) == ("RUNNING", "ERROR")
+        sql(database_url, "UPDATE tasks SET status = 'QUEUED' WHERE id = $1::uuid", task_id)
+        assert json.loads(received.get(timeout=60))["status"] == "QUEUED"  # no repeat between
+    finally:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(20)
+        for server in (first, second):
+            if server is not None:
+                server.stop()
