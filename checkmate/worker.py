@@ -16,9 +16,8 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -35,7 +34,15 @@ from checkmate.store import StoreError
 from checkmate.tasks import Stage, StageContext, StageResult, TaskKindError, get_kind
 from checkmate.waiting import wait_event
 from checkmate.worker_db import Run, WorkerDatabase
-from checkmate.worker_run import Claim, Outcome, Plan, RunResult, is_ours, stage_data
+from checkmate.worker_run import (
+    Claim,
+    Outcome,
+    Plan,
+    RunResult,
+    is_ours,
+    lock_heartbeat,
+    stage_data,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +304,7 @@ class Worker:
 
     async def _execute(self, claim: Claim) -> None:
         try:
-            async with self._heartbeat(claim):
+            async with lock_heartbeat(self.store, claim, self.lock_timeout / 3):
                 try:
                     result = await self._run_task(claim)
                 finally:
@@ -413,36 +420,6 @@ class Worker:
         if inspect.isawaitable(result):
             return await result
         return result
-
-    @asynccontextmanager
-    async def _heartbeat(self, claim: Claim) -> AsyncIterator[None]:
-        """Refresh the lock's heartbeat every lock_timeout/3 while the task runs.
-
-        Stopped by an event, never cancelled: a cancelled put may still land in the store
-        after the lock was deleted, and bring the lock back.
-        """
-        done = asyncio.Event()
-
-        async def beat() -> None:
-            interval = self.lock_timeout / 3
-            while True:
-                if await wait_event(done, interval):
-                    return
-                try:
-                    if not is_ours(await self.store.get_lock(claim.task_id), claim):
-                        return  # unlocked by an operator: never bring the lock back
-                    await self.store.put_lock(
-                        claim.task_id, claim.lock.model_copy(update={"heartbeat_at": _now()})
-                    )
-                except Exception:
-                    log.exception("task %s: heartbeat failed", claim.task_id)
-
-        beating = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            done.set()
-            await beating
 
 
 async def serve(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 from uuid import UUID
@@ -10,8 +15,12 @@ from uuid import UUID
 import orjson
 
 from checkmate.models import StageMetadata, StageStatus, TaskLock
+from checkmate.store import TaskStore
 from checkmate.tasks import Stage
+from checkmate.waiting import wait_event
 from checkmate.worker_db import Run
+
+log = logging.getLogger("checkmate.worker")
 
 
 class Outcome(Enum):
@@ -81,3 +90,30 @@ def is_ours(lock: TaskLock | None, claim: Claim) -> bool:
         claim.lock.owner,
         claim.lock.acquired_at,
     )
+
+
+@asynccontextmanager
+async def lock_heartbeat(store: TaskStore, claim: Claim, interval: float) -> AsyncIterator[None]:
+    """Refresh the claim's lock heartbeat every `interval` seconds while the task runs.
+
+    Stopped by an event, never cancelled: a cancelled put may still land in the store after the
+    lock was deleted, and bring the lock back.
+    """
+    done = asyncio.Event()
+
+    async def beat() -> None:
+        while not await wait_event(done, interval):
+            try:
+                if not is_ours(await store.get_lock(claim.task_id), claim):
+                    return  # unlocked by an operator: never bring the lock back
+                heartbeat = {"heartbeat_at": datetime.now(UTC)}
+                await store.put_lock(claim.task_id, claim.lock.model_copy(update=heartbeat))
+            except Exception:
+                log.exception("task %s: heartbeat failed", claim.task_id)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        done.set()
+        await beating
