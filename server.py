@@ -371,7 +371,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await service.close()
 
     graphql = GraphQLRouter(
-        build_schema(limits=Limits.from_settings(settings)),
+        build_schema(
+            limits=Limits.from_settings(settings), compiled_reads=settings.compiled_reads
+        ),
         keep_alive=True,
         keep_alive_interval=15,
     )

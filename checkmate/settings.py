@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     token_cache_ttl: float = Field(
         2.0, gt=0, le=60, description="Seconds a process trusts its snapshot of the tokens."
     )
+    compiled_reads: bool = Field(
+        True, description="Answer plain-column reads with SQL-built JSON (schema.compiled)."
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest HTTP request body.")
     max_query_depth: int = Field(10, ge=1, description="Deepest field nesting of an operation.")
     max_aliases: int = Field(30, ge=0, description="Most aliased fields in one document.")
