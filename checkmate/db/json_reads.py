@@ -17,7 +17,6 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
-    ColumnElement,
     Text,
     case,
     cast,
@@ -71,7 +70,7 @@ def _concat(*parts: Any) -> Any:
     return joined
 
 
-def iso_time(column: Any) -> ColumnElement[Any]:
+def iso_time(column: Any) -> Any:
     """Python's isoformat() of the UTC time, null for null."""
     utc = column.op("AT TIME ZONE")(literal_column("'UTC'"))
     fraction = case(
