@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 from uuid import UUID, uuid4
 
 from sqlalchemy.exc import DBAPIError
@@ -45,6 +45,7 @@ from checkmate.store import TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = [
     "BatchOptions",
@@ -127,10 +128,11 @@ class CheckMateService:
         keyset = None if after is None else decode_cursor(after)
         with_objects = arguments.flag("include_metadata", include_metadata)
         columns = None if fields is None else columns_for(arguments.texts("fields", fields) or ())
-        async with self._connect() as conn:
-            rows = await queries.select_tasks(
+        rows = await self._read(
+            lambda conn: queries.select_tasks(
                 conn, checked, sort=order, limit=limit + 1, after=keyset, columns=columns
             )
+        )
         tasks = tasks_from_rows(rows[:limit])
         if with_objects:
             await self._attach_objects(tasks)
@@ -172,15 +174,13 @@ class CheckMateService:
 
     async def count(self, task_filter: TaskFilter | None = None) -> int:
         checked = arguments.checked_filter(task_filter)
-        async with self._connect() as conn:
-            return await queries.count_tasks(conn, checked)
+        return await self._read(lambda conn: queries.count_tasks(conn, checked))
 
     async def count_by_status(
         self, task_filter: TaskFilter | None = None
     ) -> dict[StageStatus, int]:
         checked = arguments.checked_filter(task_filter)
-        async with self._connect() as conn:
-            counts = await queries.count_tasks_by_status(conn, checked)
+        counts = await self._read(lambda conn: queries.count_tasks_by_status(conn, checked))
         return {StageStatus(status): count for status, count in counts}
 
     async def find(
@@ -189,8 +189,7 @@ class CheckMateService:
         """The task, or None when no task has that id; ServiceError for a malformed id."""
         parsed = arguments.task_id(task_id)
         with_objects = arguments.flag("include_metadata", include_metadata)
-        async with self._connect() as conn:
-            row = await queries.select_task(conn, parsed)
+        row = await self._read(lambda conn: queries.select_task(conn, parsed))
         if row is None:
             return None
         [task] = tasks_from_rows([row])
@@ -454,6 +453,22 @@ class CheckMateService:
             max_results=arguments.max_results(max_results, self.settings.max_results_cap),
             after=arguments.optional_text("after", after),
         )
+
+    async def _read(self, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run a read; once more on a fresh connection if its connection turned out dropped.
+        Checkout does not ping (no round trip per request): a connection the server closed
+        since (restart, pg_terminate_backend, idle timeout) fails on first use instead, and
+        SQLAlchemy then invalidates the whole pool, so the retry connects anew."""
+        try:
+            async with self._connect() as conn:
+                return await read(conn)
+        except ServiceError as error:
+            cause = error.__cause__
+            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                raise
+            log.info("a pooled connection was dropped; the read runs again on a fresh one")
+        async with self._connect() as conn:
+            return await read(conn)
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
