@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,6 +27,10 @@ from checkmate.obstore_compat import LocalStore  # its file layout is shared: se
 T = TypeVar("T")
 # A task's objects as read_many returns them: task object, stage metadata, lock.
 TaskParts = tuple["TaskObject | None", "list[StageMetadata]", "TaskLock | None"]
+
+
+# S3's DeleteObjects takes at most 1,000 keys a request.
+BULK_DELETE_KEYS = 1000
 
 
 class StoreError(Exception):
@@ -132,9 +136,16 @@ class TaskStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self._inline_root, path))
             return
-        for path in paths:
-            with contextlib.suppress(NotFoundError, FileNotFoundError):
-                await obstore.delete_async(self.store, path)
+        for start in range(0, len(paths), BULK_DELETE_KEYS):
+            chunk = paths[start : start + BULK_DELETE_KEYS]
+            try:
+                # One request per chunk on S3 (DeleteObjects), where a missing key is no error.
+                await obstore.delete_async(self.store, chunk)
+            except (NotFoundError, FileNotFoundError):
+                # A local folder reports a missing file (having deleted the others).
+                for path in chunk:
+                    with contextlib.suppress(NotFoundError, FileNotFoundError):
+                        await obstore.delete_async(self.store, path)
 
     async def ping(self) -> None:
         """Raise if the store cannot be listed (used by readiness checks)."""
@@ -181,13 +192,42 @@ class TaskStore:
         await self._delete([lock_path(task_id)])
 
     async def delete_task(self, task_id: UUID) -> None:
-        """Delete every object of the task: stage metadata first, the task object last, so that
-        an interrupted delete still shows a task object while anything else is left."""
+        """Delete every object of the task (see delete_tasks)."""
+        failed = await self.delete_tasks([task_id])
+        if task_id in failed:
+            raise failed[task_id]
+
+    async def delete_locks(self, task_ids: Sequence[UUID]) -> None:
+        """The lock objects of many tasks, in bulk (1,000 a request on S3)."""
+        await self._delete([lock_path(task_id) for task_id in task_ids])
+
+    async def delete_tasks(self, task_ids: Sequence[UUID]) -> dict[UUID, BaseException]:
+        """Delete every object of these tasks; return the tasks whose delete failed, with why.
+        Each task's prefix is listed (a worker writes the stages its task kind has when it runs,
+        which need not be the task object's stage plan, so the plan cannot name them all); then
+        two bulk rounds: everything but the task objects, then the task objects. A delete cut
+        short still shows a task object while anything else of the task is left."""
+        listed = await self.for_each(task_ids, self._paths)
+        failed: dict[UUID, BaseException] = {
+            tid: error for tid, error in listed.items() if isinstance(error, BaseException)
+        }
+        kept = [task_id for task_id in task_ids if task_id not in failed]
+        last = {task_id: task_path(task_id) for task_id in kept}
+        paths = {
+            tid: found for tid, found in listed.items() if not isinstance(found, BaseException)
+        }
+        try:
+            await self._delete(
+                [path for tid, found in paths.items() for path in found if path != last[tid]]
+            )
+            await self._delete(list(last.values()))
+        except Exception as error:
+            failed.update(dict.fromkeys(kept, error))
+        return failed
+
+    async def _paths(self, task_id: UUID) -> list[str]:
         prefix = f"{task_prefix(task_id)}/"
-        paths = [meta["path"] async for batch in obstore.list(self.store, prefix) for meta in batch]
-        last = task_path(task_id)
-        await self._delete([path for path in paths if path != last])
-        await self._delete([last])
+        return [meta["path"] async for batch in obstore.list(self.store, prefix) for meta in batch]
 
     async def read_many(
         self, task_ids: Iterable[UUID], *, task: bool, stages: bool, lock: bool
