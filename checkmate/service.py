@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from checkmate.models import (
 )
 from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
 from checkmate.settings import Settings, get_settings
+from checkmate.stage_cache import StageCache, Version
 from checkmate.store import TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules
 
@@ -86,6 +87,7 @@ class CheckMateService:
         self.settings = settings
         # The libpq URL the engine was built from; the LISTEN connection and workers use it too.
         self.database_url = database_url
+        self.stage_cache = StageCache(settings.stage_cache_size)
 
     @classmethod
     async def open(cls, settings: Settings | None = None) -> CheckMateService:
@@ -205,24 +207,40 @@ class CheckMateService:
         return task
 
     async def read_objects(
-        self, task_ids: Sequence[UUID], parts: Collection[ObjectPart] = OBJECT_PARTS
+        self,
+        task_ids: Sequence[UUID],
+        parts: Collection[ObjectPart] = OBJECT_PARTS,
+        versions: Mapping[UUID, Version] | None = None,
     ) -> dict[UUID, TaskObjects | BaseException]:
         """Store objects of many tasks, read concurrently; a failed read is returned, not raised.
         Only the `parts` asked for are read (each costs store requests: params the task object,
         metadata a listing and one read per stage, lock one read); the others come back empty
-        (params None, metadata [], lock None)."""
+        (params None, metadata [], lock None). `versions`: the record versions
+        (stage_cache.version_of) of tasks whose metadata may be served from the cache."""
         arguments.one_of("parts", parts, OBJECT_PARTS)
         ids = [arguments.task_id(task_id, "task_ids") for task_id in task_ids]
+        objects: dict[UUID, TaskObjects | BaseException] = {}
+        cache = self.stage_cache
+        if versions and set(parts) == {"metadata"}:
+            # Metadata of COMPLETED tasks is final (checkmate.stage_cache): read it once.
+            for task_id in ids:
+                version = versions.get(task_id)
+                cached = None if version is None else cache.get(task_id, version)
+                if cached is not None:
+                    objects[task_id] = TaskObjects(None, cached, None)
+            ids = [task_id for task_id in ids if task_id not in objects]
         found = await self.store.read_many(
             ids, task="params" in parts, stages="metadata" in parts, lock="lock" in parts
         )
         now = datetime.now(UTC)
-        objects: dict[UUID, TaskObjects | BaseException] = {}
         for task_id, result in found.items():
             if isinstance(result, BaseException):
                 objects[task_id] = result
                 continue
             task_object, metadata, lock = result
+            version = versions.get(task_id) if versions else None
+            if version is not None and "metadata" in parts:
+                cache.put(task_id, version, metadata)
             if lock is not None:
                 lock.stale = lock.is_stale(now, self.settings.lock_timeout)
             objects[task_id] = TaskObjects(
@@ -372,9 +390,13 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact)
-        return await self.run_batch(
+        results = await self.run_batch(
             BatchAction.CLEAN, selection, options, actor=actor, reason=reason
         )
+        if not options.dry_run:
+            # Their objects may be gone even where the record update failed (stage_cache).
+            self.stage_cache.evict(UUID(str(result.task_id)) for part in results for result in part)
+        return results
 
     async def invoke(
         self,

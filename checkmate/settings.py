@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     token_cache_ttl: float = Field(
         2.0, gt=0, le=60, description="Seconds a process trusts its snapshot of the tokens."
     )
+    stage_cache_size: int = Field(
+        10_000, ge=0, description="COMPLETED tasks whose stage metadata is kept in memory."
+    )
     compiled_reads: bool = Field(
         True, description="Answer plain-column reads with SQL-built JSON (schema.compiled)."
     )
