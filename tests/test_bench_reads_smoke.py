@@ -21,7 +21,7 @@ def test_the_read_bench_runs_and_writes_its_table(server_url: str, tmp_path: Pat
         "--rows", "300", "--duration", "1", "--rounds", "1", "--connections", "1",
         "--big", "200", "--big-repeats", "1", "--queries", "page",
         "--database-url", server_url, "--store-dir", str(tmp_path / "store"),
-        "--objects-for", "100", "--write", str(report),
+        "--objects-for", "200", "--write", str(report),
     ])
     text = report.read_text()
     page = next(line for line in text.splitlines() if line.startswith("| page | 1 |"))
