@@ -10,41 +10,37 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from cross_web import HTTPException
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types import ExecutionResult
-from strawberry.types.execution import PreExecutionError
 
 from checkmate.access import AccessControl
 from checkmate.events import EventHub
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings, get_settings
 from schema import build_schema
-from schema.access import ConnectionWatch, authenticate_connection, error_body
+from schema.access import ConnectionWatch, authenticate_connection
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
+from schema.errors import BAD_REQUEST
 from schema.graphiql import graphiql_assets, graphiql_page
 from schema.http_gates import AuthenticationGate, BodySizeLimit
 from schema.limits import Limits
-from schema.metrics import LATENCY, REQUESTS
+from schema.strawberry_view import GraphQLView, PreExecutionError, WebSocketOperation
 
 log = logging.getLogger("checkmate.api")
 
@@ -52,11 +48,30 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 READINESS_TIMEOUT = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+FORBIDDEN = "FORBIDDEN"
+# Custom close code before accepting a websocket: the server answers the handshake with 403.
+WS_ORIGIN_REFUSED = 4403
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+# Module level: one Prometheus registry per process. Open subscriptions are the event hub's
+# gauge, checkmate_event_subscribers.
+REQUESTS = Counter(
+    "checkmate_http_requests_total", "HTTP requests served.", ["method", "path", "status"]
+)
+LATENCY = Histogram(
+    "checkmate_http_request_seconds",
+    "Time to serve an HTTP request, until the last byte of its response.",
+    ["method", "path"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
-def response_media_type(accept: str) -> str:
+def response_media_type(accept: str) -> str | None:
     """GraphQL-over-HTTP: application/graphql-response+json when the client lists it at least as
-    high as application/json; application/json for everyone else (legacy clients, */*)."""
+    high as application/json; application/json for everyone else (legacy clients, */*, no
+    Accept). None when the Accept header rules out both: the request gets 406."""
+    if not accept.strip():
+        return APPLICATION_JSON
     best: dict[str, float] = {}
     for part in accept.split(","):
         media_type, *params = (item.strip() for item in part.split(";"))
@@ -71,7 +86,9 @@ def response_media_type(accept: str) -> str:
     wanted = best.get(GRAPHQL_RESPONSE_JSON, 0.0)
     if wanted > 0 and wanted >= best.get(APPLICATION_JSON, 0.0):
         return GRAPHQL_RESPONSE_JSON
-    return APPLICATION_JSON
+    if max(best.get(name, 0.0) for name in (APPLICATION_JSON, "application/*", "*/*")) > 0:
+        return APPLICATION_JSON
+    return None
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -79,126 +96,10 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
 
 
-def _sink(
-    handler: Any, kind: str, operation_id: str, query: str, variables: Any, operation_name: Any
-) -> Sink:
-    return Sink(
-        broadcast=handler.view.broadcast,
-        websocket=handler.websocket.ws,
-        prefix=frame_prefix(kind, operation_id),
-        query=query,
-        variables=variables,
-        operation_name=operation_name,
-    )
-
-
-TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
-# Close code of a websocket whose token stopped being valid (graphql-transport-ws' 4401).
-CLOSE_UNAUTHENTICATED = 4401
-
-
-def _over_limit(handler: Any, message: Any, running: Any) -> dict[str, Any] | None:
-    """The error for an operation over the connection's limit (strawberry's own refusal has
-    no code), or None. `running`: the handler's operations in flight, by id."""
-    limit = handler.max_subscriptions_per_connection
-    if (
-        not handler.connection_acknowledged
-        or limit is None
-        or message.get("id") in running
-        or len(running) < limit
-    ):
-        return None
-    message = f"at most {limit} operations at once on one connection"
-    return error_body(message, TOO_MANY_SUBSCRIPTIONS)
-
-
-def _forget(handler: Any) -> None:
-    """A closing websocket leaves the revocation watch."""
-    state = handler.context.request.app.state
-    watch: ConnectionWatch | None = getattr(state, "connection_watch", None)
-    if watch is not None:
-        watch.discard(handler)
-
-
-class TransportWsHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
-    """graphql-transport-ws; each operation's task delivers shared renderings (schema.broadcast)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.context.ws_handler = self
-
-    async def handle_subscribe(self, message: Any) -> None:
-        error = _over_limit(self, message, self.operations)
-        if error is not None:
-            refusal: Any = {"id": message["id"], "type": "error", "payload": [error]}
-            await self.send_message(refusal)
-            return
-        await super().handle_subscribe(message)
-
-    async def shutdown(self) -> None:
-        _forget(self)
-        await super().shutdown()
-
-    async def end(self, error: dict[str, Any]) -> None:
-        """Every operation ends with `error`, then the socket closes (token revoked)."""
-        for operation in list(self.operations.values()):
-            ending: Any = {"id": operation.id, "type": "error", "payload": [error]}
-            await operation.send_operation_message(ending)
-        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
-
-    async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
-        sink = _sink(
-            self, "next", operation.id, operation.query, operation.variables,
-            operation.operation_name,
-        )
-        sink.is_open = lambda: not operation.completed
-        open_sink(sink)
-        await super().run_operation(operation)
-
-
-class LegacyWsHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
-    """graphql-ws (subscriptions-transport-ws), the same way."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.context.ws_handler = self
-
-    async def handle_start(self, message: Any) -> None:
-        error = _over_limit(self, message, self.tasks)
-        if error is not None:
-            refusal: Any = {"type": "error", "id": message["id"], "payload": error}
-            await self.send_message(refusal)
-            return
-        await super().handle_start(message)
-
-    async def cleanup(self) -> None:
-        _forget(self)
-        await super().cleanup()
-
-    async def end(self, error: dict[str, Any]) -> None:
-        for operation_id in list(self.tasks):
-            self.tasks.pop(operation_id).cancel()
-            ending: Any = {"type": "error", "id": operation_id, "payload": error}
-            await self.send_message(ending)
-        await self.websocket.close(CLOSE_UNAUTHENTICATED, error["extensions"]["code"])
-
-    async def handle_async_results(
-        self,
-        operation_id: str,
-        query: str,
-        operation_name: str | None,
-        variables: dict[str, object] | None,
-    ) -> None:
-        open_sink(_sink(self, "data", operation_id, query, variables, operation_name))
-        await super().handle_async_results(operation_id, query, operation_name, variables)
-
-
-class GraphQLRouter(GraphQL[GraphQLContext, None]):
-    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types;
-    subscription events are rendered once per event for all sockets (schema.broadcast)."""
-
-    graphql_transport_ws_handler_class = TransportWsHandler
-    graphql_ws_handler_class = LegacyWsHandler
+class GraphQLRouter(GraphQLView):
+    """strawberry's ASGI view with orjson bodies, a request id and GraphQL-over-HTTP media types
+    and request errors; subscription events are rendered once per event for all sockets
+    (schema.broadcast)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -208,17 +109,40 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
         return graphiql_page(request)
 
     def encode_json(self, data: object) -> bytes:
+        # HTTP bodies only: websocket frames are text (schema.strawberry_view.TextFrameWebSocket).
         return orjson.dumps(data)
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
 
-    def parse_json(self, data: str | bytes) -> Any:
-        # strawberry reads .get() off whatever the body decodes to: `null` or `3` was a 500.
-        parsed = super().parse_json(data)
-        if not isinstance(parsed, dict | list):
-            raise HTTPException(400, "the request body must be a JSON object")
-        return parsed
+    def start_operation(self, operation: WebSocketOperation) -> None:
+        open_sink(
+            Sink(
+                broadcast=self.broadcast,
+                websocket=operation.websocket,
+                prefix=frame_prefix(operation.kind, operation.id),
+                query=operation.query,
+                variables=operation.variables,
+                operation_name=operation.operation_name,
+                is_open=operation.is_open,
+            )
+        )
+
+    def response_media_type(self, accept: str) -> str | None:
+        return response_media_type(accept)
+
+    def request_error(
+        self, request: Request, status: int, message: str, headers: Mapping[str, str]
+    ) -> Response:
+        request_id = request_id_of(request.headers)
+        body = {"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}
+        log.info("request %s refused (%d): %s", request_id, status, message)
+        return Response(
+            orjson.dumps(body),
+            status_code=status,
+            media_type=response_media_type(request.headers.get("accept", "")) or APPLICATION_JSON,
+            headers={**headers, "x-request-id": request_id},
+        )
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -246,7 +170,9 @@ class GraphQLRouter(GraphQL[GraphQLContext, None]):
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
-        sub_response.media_type = response_media_type(request.headers.get("accept", ""))
+        sub_response.media_type = (
+            response_media_type(request.headers.get("accept", "")) or APPLICATION_JSON
+        )
         request.state.sub_response = sub_response
         return sub_response
 
@@ -314,6 +240,53 @@ class MetricsMiddleware:
             REQUESTS.labels(method, path, str(status)).inc()
 
 
+def _host_port(scheme: str, netloc: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit(f"//{netloc.strip()}")
+        return (parts.hostname or "", parts.port or _DEFAULT_PORTS.get(scheme))
+    except ValueError:
+        return None
+
+
+def origin_allowed(headers: Headers, allowed: Collection[str]) -> bool:
+    """The browser-origin rule of HTTP requests and websocket handshakes alike: requests without
+    an Origin (not from a browser page) and same-origin ones are allowed, others only from the
+    configured origins (normalized like a browser's Origin header, see checkmate.settings)."""
+    origin = headers.get("origin")
+    if origin is None or headers.get("sec-fetch-site") == "same-origin":
+        return True
+    if "*" in allowed or origin.lower() in allowed:
+        return True
+    scheme, _, netloc = origin.partition("://")
+    here = _host_port(scheme.lower(), headers.get("host", ""))
+    return here is not None and here[0] != "" and _host_port(scheme.lower(), netloc) == here
+
+
+class OriginPolicy:
+    """Refuses browser requests and websocket handshakes from origins that are not allowed
+    (CHECKMATE_CORS_ORIGINS): 403 with a GraphQL error over HTTP, a close before accepting on a
+    websocket (the handshake gets 403). CORSMiddleware inside it adds the CORS headers."""
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] in ("http", "websocket") else None
+        if headers is None or origin_allowed(headers, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        origin, kind = headers["origin"], "websocket" if scope["type"] == "websocket" else "request"
+        message = f"origin {origin} is not allowed; the server's CHECKMATE_CORS_ORIGINS lists those"
+        log.warning("refused a %s to %s from origin %r (host %r): not in CHECKMATE_CORS_ORIGINS",
+                    kind, scope["path"], origin, headers.get("host"))
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": WS_ORIGIN_REFUSED, "reason": message})
+            return
+        body = {"errors": [{"message": message, "extensions": {"code": FORBIDDEN}}]}
+        await JSONResponse(body, status_code=403)(scope, receive, send)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -351,7 +324,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service = await CheckMateService.open(settings)
-        hub = EventHub(service)
+        hub = EventHub(service.database, service.settings)
         access = AccessControl(service.engine, ttl=settings.token_cache_ttl)
         watch = ConnectionWatch(access, interval=settings.token_cache_ttl)
         try:
@@ -370,12 +343,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.stop()
             await service.close()
 
+    # Origins are checked by OriginPolicy, for websockets too: strawberry's own check is off.
     graphql = GraphQLRouter(
         build_schema(
             limits=Limits.from_settings(settings), compiled_reads=settings.compiled_reads
         ),
         keep_alive=True,
         keep_alive_interval=15,
+        allowed_origins=("*",),
     )
     graphql.max_subscriptions_per_connection = settings.max_subscriptions_per_connection
     routes = [
@@ -387,8 +362,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    # The last added runs first: metrics see every answer; a request is authenticated from its
-    # headers before its body is read; the body is bounded before GraphQL parses it.
+    # The last added runs first: metrics see every answer; browser origins are checked, then
+    # CORS answered; a request is authenticated from its headers before its body is read; the
+    # body is bounded before GraphQL parses it.
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(
         AuthenticationGate,
@@ -396,5 +372,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         public=frozenset({"/healthz", "/readyz", "/metrics"}),
         public_prefixes=("/graphql/static/",),  # GraphiQL's assets
     )
+    app.add_middleware(  # preflights (before authentication) and CORS headers, 401s included
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["accept", "authorization", "content-type", "x-request-id"],
+        expose_headers=["x-request-id", "server-timing"],
+        max_age=600,
+    )
+    app.add_middleware(OriginPolicy, allowed=settings.cors_origins)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -4,10 +4,10 @@
         [--reads 1000] [--rounds 8]
 
 Each hub read is BEGIN; one SELECT; ROLLBACK (the pool's reset). Since the fix for holes of
-writers with xids above the snapshot's xmax (checkmate/events.py), that SELECT also calls
-pg_current_xact_id(), which gives the read transaction an xid. This times the bare read
-transaction with and without it, alternating, and prints the best round of each (microseconds
-per read transaction, one connection over loopback).
+writers with xids above the snapshot's xmax (checkmate/events/reader.py), that SELECT also
+calls pg_current_xact_id(), which gives the read transaction an xid. This times the bare
+read transaction with and without it, alternating, and prints the best round of each
+(microseconds per read transaction, one connection over loopback).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ class Failure(StrEnum):
     STORE = "store"  # the store side failed while applying: db_transact rolls the batch back
     DATABASE = "database"  # the database side failed while applying
     ROLLED_BACK = "rolled_back"  # applicable, but db_transact undid the batch for another task
+    # The connection was lost after the batch wrote: its commit may or may not have landed.
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 class Candidate(NamedTuple):

@@ -8,9 +8,8 @@ keyword arguments and call `BatchRunner.run`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -18,7 +17,7 @@ from uuid import UUID
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from checkmate import actions, arguments
+from checkmate import actions
 from checkmate.actions import (
     NO_FACTS,
     BatchAction,
@@ -32,86 +31,17 @@ from checkmate.actions import (
 )
 from checkmate.audit import AuditRecord, split_ids
 from checkmate.db import queries
-from checkmate.errors import Arg, ServiceError
-from checkmate.models import CheckMateTaskBatchResult, SortOrder, StageStatus, TaskFilter
+from checkmate.db.database import unavailable
+from checkmate.models import CheckMateTaskBatchResult, StageStatus, TaskFilter
+from checkmate.retry import connection_lost
+from checkmate.selection import BatchOptions, Selection, describe
 from checkmate.settings import Settings
 from checkmate.store import StoreError, TaskParts, TaskStore
 
 BatchResults = tuple[list[CheckMateTaskBatchResult], list[CheckMateTaskBatchResult]]
+OUTCOME_UNKNOWN = "outcome unknown: database connection lost; check the task"
+NOT_APPLIED_UNREACHABLE = "not applied: the database is unreachable"
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Which tasks a batch acts on: the filter (requested ids included), the order, how many."""
-
-    task_filter: TaskFilter
-    sort: SortOrder = "desc"
-    max_results: int = 100
-
-    @classmethod
-    def build(
-        cls,
-        task_ids: arguments.TaskIds,
-        task_filter: TaskFilter | None,
-        filters: Mapping[str, Any],
-        *,
-        sort: Any,
-        max_results: Any,
-        cap: int,
-    ) -> Selection:
-        """From a batch method's arguments, each checked (ServiceError names the wrong one)."""
-        order = arguments.sort_order(sort)
-        limit = arguments.max_results(max_results, cap)
-        base = arguments.checked_filter(task_filter)
-        merged = arguments.task_filter(
-            **{**dict(base), **arguments.filter_keywords(filters)}
-        )
-        ids = arguments.task_ids(task_ids)
-        if ids is not None:
-            if merged.ids is not None:
-                wanted = set(merged.ids)
-                ids = tuple(task_id for task_id in ids if task_id in wanted)
-            merged = merged.model_copy(update={"ids": ids})
-        if merged.is_empty():
-            raise ServiceError(
-                "select tasks with ", Arg("task_ids"),
-                " or a filter; an empty selection never means all tasks",
-            )
-        if merged.ids is not None and len(merged.ids) > limit:
-            raise ServiceError(
-                f"{len(merged.ids)} task ids given but ", Arg("max_results"),
-                f" is {limit}; raise it or pass fewer ids",
-            )
-        return cls(merged, order, limit)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOptions:
-    """How a batch runs: dry (read only), all-or-nothing in the database, past fresh locks."""
-
-    dry_run: bool = True
-    db_transact: bool = True
-    force: bool = False
-
-    @classmethod
-    def build(cls, *, dry_run: Any, db_transact: Any, force: Any = False) -> BatchOptions:
-        return cls(
-            arguments.flag("dry_run", dry_run),
-            arguments.flag("db_transact", db_transact),
-            arguments.flag("force", force),
-        )
-
-
-def describe(selection: Selection, options: BatchOptions) -> dict[str, Any]:
-    """The selection and options as the audit log keeps them (JSON)."""
-    return {
-        "filter": selection.task_filter.model_dump(mode="json", exclude_none=True),
-        "maxResults": selection.max_results,
-        "sort": selection.sort,
-        "dbTransact": options.db_transact,
-        **({"force": True} if options.force else {}),
-    }
 
 
 E = TypeVar("E")
@@ -228,26 +158,55 @@ class BatchRunner:
         chunks = _chunks(ids, self.settings.batch_chunk_size)
         _, known_failed = split_ids([*decisions, *missing])
         if db_transact:
-            try:
-                async with self.engine.begin() as conn:
-                    for chunk in chunks:
-                        final.update(await self._apply_chunk(conn, plan, chunk, final))
-                    _raise_if_any_failed([final[i] for i in ids])
-                    succeeded, failed = split_ids(final[i] for i in ids)
-                    await audit.open(conn, succeeded, [*known_failed, *failed])
-            except (_ChunkFailed, SQLAlchemyError, OSError) as error:
-                reason = _rollback_reason(error)
-                for task_id in ids:
-                    if final[task_id].applies:
-                        final[task_id] = final[task_id].failed(reason, Failure.ROLLED_BACK)
-                async with self.engine.begin() as conn:
-                    await audit.open(conn, failed=[*known_failed, *ids])
+            await self._apply_all_or_nothing(plan, final, ids, chunks, audit, known_failed)
         else:
-            async with self.engine.begin() as conn:
-                await audit.open(conn, failed=known_failed)
+            await _unavailable_if_lost(self._open_audit(audit, known_failed))
             for chunk in chunks:
                 final.update(await self._apply_own_transaction(plan, chunk, final, audit))
         return [final[decision.task_id] for decision in decisions]
+
+    async def _apply_all_or_nothing(
+        self,
+        plan: _Plan,
+        final: dict[UUID, Decision],
+        ids: Sequence[UUID],
+        chunks: Sequence[Sequence[UUID]],
+        audit: AuditRecord,
+        known_failed: Sequence[UUID],
+    ) -> None:
+        """db_transact=True: every chunk and the audit row in one transaction. A connection
+        lost before anything was written is retried once on a fresh connection; lost after a
+        write, the commit may have landed, so the outcome is reported unknown, never guessed."""
+        for attempt in (1, 2):
+            progress = _Progress()
+            try:
+                async with self.engine.begin() as conn:
+                    for chunk in chunks:
+                        final.update(await self._apply_chunk(conn, plan, chunk, final, progress))
+                    _raise_if_any_failed([final[i] for i in ids])
+                    succeeded, failed = split_ids(final[i] for i in ids)
+                    await audit.open(conn, succeeded, [*known_failed, *failed])
+                return
+            except (_ChunkFailed, SQLAlchemyError, OSError) as error:
+                lost = connection_lost(error)
+                if lost and not progress.wrote:
+                    if attempt == 1:
+                        continue
+                    raise unavailable() from error
+                if lost:
+                    reason, failure = OUTCOME_UNKNOWN, Failure.OUTCOME_UNKNOWN
+                else:
+                    reason, failure = _rollback_reason(error), Failure.ROLLED_BACK
+                for task_id in ids:
+                    if final[task_id].applies:
+                        final[task_id] = final[task_id].failed(reason, failure)
+                if not lost:  # lost: the audit row went with the transaction, whatever it did
+                    await self._open_audit(audit, [*known_failed, *ids])
+                return
+
+    async def _open_audit(self, audit: AuditRecord, failed: Sequence[UUID]) -> None:
+        async with self.engine.begin() as conn:
+            await audit.open(conn, failed=failed)
 
     async def _apply_own_transaction(
         self,
@@ -255,16 +214,28 @@ class BatchRunner:
         chunk: Sequence[UUID],
         planned: dict[UUID, Decision],
         audit: AuditRecord,
+        *,
+        retried: bool = False,
     ) -> dict[UUID, Decision]:
         """Commit one chunk with its ids appended to the audit row; if its transaction fails,
         retry its tasks one by one so that only the task at fault fails (the slow path runs
-        only after an error)."""
+        only after an error). A lost connection is retried once if nothing was written yet;
+        after a write the chunk's outcome is unknown."""
+        progress = _Progress()
         try:
             async with self.engine.begin() as conn:
-                decided = await self._apply_chunk(conn, plan, chunk, planned)
+                decided = await self._apply_chunk(conn, plan, chunk, planned, progress)
                 await audit.record(conn, decided.values())
                 return decided
         except (SQLAlchemyError, OSError) as error:
+            if connection_lost(error):
+                if progress.wrote:
+                    return _all_failed(chunk, planned, OUTCOME_UNKNOWN, Failure.OUTCOME_UNKNOWN)
+                if not retried:
+                    return await self._apply_own_transaction(
+                        plan, chunk, planned, audit, retried=True
+                    )
+                return _all_failed(chunk, planned, NOT_APPLIED_UNREACHABLE, Failure.DATABASE)
             if len(chunk) == 1:
                 reason = f"database error ({type(error).__name__}); not changed"
                 failed = {chunk[0]: planned[chunk[0]].failed(reason, Failure.DATABASE)}
@@ -282,12 +253,14 @@ class BatchRunner:
         plan: _Plan,
         chunk: Sequence[UUID],
         planned: dict[UUID, Decision],
+        progress: _Progress,
     ) -> dict[UUID, Decision]:
         """Lock the chunk's rows in id order, decide again on what is locked, do the store side,
         then one UPDATE per effect. Store objects go before the record changes (clean's crash
         window). (One statement locking and updating through a CTE was measured slower on
         PostgreSQL 15 than the two.)"""
         decisions = plan.redecide(await queries.lock_tasks(conn, chunk), planned, chunk)
+        progress.wrote = True  # from here on, the store or the database may change
         await self._apply_store_effects(decisions)
         by_effect: dict[DbEffect, list[UUID]] = {}
         for decision in decisions.values():
@@ -374,6 +347,32 @@ class _Plan:
             if task_id not in decisions:  # deleted by hand since it was selected
                 decisions[task_id] = actions.not_found(task_id)
         return decisions
+
+
+class _Progress:
+    """How far one transaction of a real run got: past its first write or not."""
+
+    __slots__ = ("wrote",)
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+
+def _all_failed(
+    chunk: Sequence[UUID], planned: Mapping[UUID, Decision], reason: str, failure: Failure
+) -> dict[UUID, Decision]:
+    return {task_id: planned[task_id].failed(reason, failure) for task_id in chunk}
+
+
+async def _unavailable_if_lost(call: Awaitable[None]) -> None:
+    """A write before any task's: not retried (a lost reply could make it twice); a lost
+    connection means nothing of the batch was applied yet, so the whole call is UNAVAILABLE."""
+    try:
+        await call
+    except (SQLAlchemyError, OSError) as error:
+        if connection_lost(error):
+            raise unavailable() from error
+        raise
 
 
 class _ChunkFailed(Exception):

@@ -38,6 +38,8 @@ class ServiceError(Exception):
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL_SERVER_ERROR"
+    # The events after a subscription's afterEventId were pruned: reload, then subscribe anew.
+    EVENTS_PRUNED = "EVENTS_PRUNED"
 
     def __init__(self, *parts: Part, code: str = BAD_USER_INPUT) -> None:
         self.parts = parts

@@ -10,13 +10,12 @@ import asyncio
 import builtins
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, Unpack
 from uuid import UUID, uuid4
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from checkmate import arguments
@@ -24,8 +23,9 @@ from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import BatchAction
 from checkmate.arguments import FilterArgs, TaskIds
 from checkmate.audit import AuditPage, AuditRecord, check_reason, read_audit_page
-from checkmate.batch import BatchOptions, BatchResults, BatchRunner, Selection, describe
+from checkmate.batch import BatchResults, BatchRunner
 from checkmate.db import queries
+from checkmate.db.database import Database
 from checkmate.db.engine import create_engine, resolve_database_url, stop_embedded
 from checkmate.db.migrate import upgrade
 from checkmate.errors import Arg, ServiceError
@@ -40,6 +40,7 @@ from checkmate.models import (
     TaskPage,
 )
 from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
+from checkmate.selection import BatchOptions, Selection, describe
 from checkmate.settings import Settings, get_settings
 from checkmate.stage_cache import StageCache, Version
 from checkmate.store import TaskStore
@@ -82,10 +83,12 @@ class CheckMateService:
     def __init__(
         self, engine: AsyncEngine, store: TaskStore, settings: Settings, database_url: str
     ) -> None:
+        # The typed seam to PostgreSQL (maps an unreachable database to UNAVAILABLE); the event
+        # hub and workers use it too. `engine` and `database_url` are the same, kept for callers.
+        self.database = Database(engine, database_url)
         self.engine = engine
         self.store = store
         self.settings = settings
-        # The libpq URL the engine was built from; the LISTEN connection and workers use it too.
         self.database_url = database_url
         self.stage_cache = StageCache(settings.stage_cache_size)
 
@@ -105,7 +108,7 @@ class CheckMateService:
         return cls(engine, store, settings, url)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.dispose()
         if self.settings.database_url is None:
             await asyncio.to_thread(stop_embedded, self.settings.resolved_data_dir)
 
@@ -477,32 +480,10 @@ class CheckMateService:
         )
 
     async def _read(self, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run a read; once more on a fresh connection if its connection turned out dropped.
-        Checkout does not ping (no round trip per request): a connection the server closed
-        since (restart, pg_terminate_backend, idle timeout) fails on first use instead, and
-        SQLAlchemy then invalidates the whole pool, so the retry connects anew."""
-        try:
-            async with self._connect() as conn:
-                return await read(conn)
-        except ServiceError as error:
-            cause = error.__cause__
-            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
-                raise
-            log.info("a pooled connection was dropped; the read runs again on a fresh one")
-        async with self._connect() as conn:
-            return await read(conn)
+        return await self.database.read(read)
 
-    @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (DBAPIError, OSError) as error:
-            if isinstance(error, DBAPIError) and not error.connection_invalidated:
-                raise
-            raise ServiceError(
-                "the database is unreachable; retry shortly", code=ServiceError.UNAVAILABLE
-            ) from error
+    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.database.connect()
 
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +38,19 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     store_concurrency: int = Field(64, ge=1, description="Store requests in flight per batch.")
     batch_chunk_size: int = Field(5_000, ge=1, description="Rows per batch UPDATE statement.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Browser origins besides the API\'s own that may call it, a JSON list such as '
+            '["https://console.example.com"] ("*": any); empty = same origin only.'
+        ),
+    )
+    db_retry_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a worker's database call retries a lost connection before it "
+        "gives up: longer than a failover or a restart.",
+    )
 
     # --- access and abuse limits (README: "Access control" and "Limits") --------------------
     token_cache_ttl: float = Field(
@@ -74,6 +88,39 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # As browsers send Origin: lowercase scheme and host, no default port, no path.
+        normalized = []
+        for origin in value:
+            if origin == "*":
+                normalized.append(origin)
+                continue
+            try:
+                parts = urlsplit(origin.strip())
+                port = parts.port
+            except ValueError:
+                parts, port = None, None
+            if (
+                parts is None
+                or parts.scheme.lower() not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+                or parts.username
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], e.g. "
+                    "https://console.example.com, or *"
+                )
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            default = {"http": 80, "https": 443}[parts.scheme.lower()]
+            suffix = f":{port}" if port is not None and port != default else ""
+            normalized.append(f"{parts.scheme.lower()}://{host}{suffix}")
+        return normalized
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -8,21 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import obstore
 import orjson
-from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    GenericError,
+    NotFoundError,
+    PreconditionError,
+)
 from obstore.store import MemoryStore, ObjectStore, S3Store
 from pydantic import BaseModel, ValidationError
 
 from checkmate.models import StageMetadata, TaskLock, TaskObject
 from checkmate.obstore_compat import LocalStore  # its file layout is shared: see there
+from checkmate.retry import Backoff, RetriesExhausted, retry_call
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 T = TypeVar("T")
 # A task's objects as read_many returns them: task object, stage metadata, lock.
@@ -54,6 +67,33 @@ def stage_path(task_id: UUID, index: int, name: str) -> str:
     return f"{task_prefix(task_id)}/stages/{index:04d}-{name}.json"
 
 
+# obstore (object_store) retries 5xx answers (503 SlowDown included), connection errors and
+# timeouts of idempotent requests itself, for up to STORE_RETRY_SECONDS.
+STORE_RETRY_SECONDS = 60.0
+_OBSTORE_RETRY: RetryConfig = {
+    "max_retries": 15,
+    "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=5)},
+    "retry_timeout": timedelta(seconds=STORE_RETRY_SECONDS),
+}
+# What it leaves to us: 429 Too Many Requests, a timeout of a request it does not deem
+# idempotent (a create-only put), a body cut off after the headers, and its own give-up on a
+# 5xx. The message is all obstore's GenericError carries.
+_TRANSIENT = re.compile(
+    r"\b(429|5\d\d)\b|too many requests|slow ?down|timed? ?out|connection (reset|closed|refused)"
+    r"|broken pipe|error sending request|error decoding response body|incomplete ?message",
+    re.IGNORECASE,
+)
+
+
+def transient_store_error(error: BaseException) -> bool:
+    """True for an error a repeat of the same request may not meet: throttling, a server
+    error, a timeout, a dropped connection. False for what repeating cannot fix: a missing
+    object, a refused permission, a failed precondition, a bad path."""
+    if isinstance(error, BaseError):
+        return isinstance(error, GenericError) and bool(_TRANSIENT.search(str(error)))
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
 def open_object_store(url: str) -> ObjectStore:
     """An obstore store for file:///..., memory:// or s3://bucket/prefix (AWS_* from env)."""
     if url.startswith("memory:"):
@@ -73,7 +113,8 @@ def open_object_store(url: str) -> ObjectStore:
         return S3Store.from_url(
             url,
             config=config,  # type: ignore[arg-type]
-            client_options={"allow_http": allow_http},
+            client_options={"allow_http": allow_http, "connect_timeout": "5s", "timeout": "30s"},
+            retry_config=_OBSTORE_RETRY,
         )
     raise ValueError(f"unsupported store URL {url!r}: use file:///path, memory:// or s3://bucket")
 
@@ -112,23 +153,57 @@ class TaskStore:
     def from_url(cls, url: str, *, concurrency: int = 64) -> TaskStore:
         return cls(open_object_store(url), concurrency=concurrency)
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call` repeated on a transient store error (see transient_store_error) for up to
+        STORE_RETRY_SECONDS; then its last error. Only for calls that are safe to repeat."""
+        try:
+            return await retry_call(
+                call,
+                max_seconds=STORE_RETRY_SECONDS,
+                backoff=Backoff(first=0.1, most=5.0),
+                retryable=transient_store_error,
+            )
+        except RetriesExhausted as exhausted:
+            raise exhausted.__cause__ or exhausted from None
+
     async def _get(self, path: str) -> bytes | None:
         if self._inline_root is not None:
             return _read_file(Path(self._inline_root), path)
-        try:
-            result = await obstore.get_async(self.store, path)
-            return bytes(await result.bytes_async())
-        except (NotFoundError, FileNotFoundError):
-            return None
+
+        async def get() -> bytes | None:
+            try:
+                result = await obstore.get_async(self.store, path)
+                return bytes(await result.bytes_async())
+            except (NotFoundError, FileNotFoundError):
+                return None
+
+        return await self._retrying(get)
 
     async def _put(self, path: str, payload: bytes, *, create: bool = False) -> bool:
         if self._inline_root is not None:
             return _write_local(self._inline_root, path, payload, create=create)
-        try:
-            await obstore.put_async(self.store, path, payload, mode="create" if create else None)
-        except (AlreadyExistsError, PreconditionError):
-            return False
-        return True
+
+        async def put() -> bool:
+            try:
+                await obstore.put_async(
+                    self.store, path, payload, mode="create" if create else None
+                )
+            except (AlreadyExistsError, PreconditionError):
+                if not create:
+                    raise
+                # Exists: still ours when an earlier try of this very put landed but its
+                # answer was lost (obstore's own retry, or ours).
+                return await self._get(path) == payload
+            return True
+
+        return await self._retrying(put)
+
+    async def _list(self, prefix: str) -> list[str]:
+        async def list_paths() -> list[str]:
+            listing = obstore.list(self.store, prefix)
+            return [meta["path"] async for batch in listing for meta in batch]
+
+        return await self._retrying(list_paths)
 
     async def _delete(self, paths: list[str]) -> None:
         if self._inline_root is not None:
@@ -136,8 +211,8 @@ class TaskStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self._inline_root, path))
             return
-        for start in range(0, len(paths), BULK_DELETE_KEYS):
-            chunk = paths[start : start + BULK_DELETE_KEYS]
+
+        async def delete(chunk: list[str]) -> None:
             try:
                 # One request per chunk on S3 (DeleteObjects), where a missing key is no error.
                 await obstore.delete_async(self.store, chunk)
@@ -146,6 +221,12 @@ class TaskStore:
                 for path in chunk:
                     with contextlib.suppress(NotFoundError, FileNotFoundError):
                         await obstore.delete_async(self.store, path)
+
+        # A bulk delete is idempotent: safe to retry whole.
+        for start in range(0, len(paths), BULK_DELETE_KEYS):
+            await self._retrying(
+                functools.partial(delete, paths[start : start + BULK_DELETE_KEYS])
+            )
 
     async def ping(self) -> None:
         """Raise if the store cannot be listed (used by readiness checks)."""
@@ -166,8 +247,7 @@ class TaskStore:
         await self._put(stage_path(task_id, stage.index, stage.name), _dump(stage))
 
     async def get_stages(self, task_id: UUID) -> list[StageMetadata]:
-        prefix = f"{task_prefix(task_id)}/stages/"
-        paths = [meta["path"] async for batch in obstore.list(self.store, prefix) for meta in batch]
+        paths = await self._list(f"{task_prefix(task_id)}/stages/")
         raws = await asyncio.gather(*(self._get(path) for path in paths))
         stages = [
             _load(StageMetadata, raw, path)
@@ -182,7 +262,9 @@ class TaskStore:
         return None if raw is None else _load(TaskLock, raw, path)
 
     async def create_lock(self, task_id: UUID, lock: TaskLock) -> bool:
-        """Write the lock only if none exists; False when another holder has it."""
+        """Write the lock only if none exists; False when another holder has it. A create
+        whose answer was lost is resolved by reading the lock back: ours if it holds exactly
+        what we wrote."""
         return await self._put(lock_path(task_id), _dump(lock), create=True)
 
     async def put_lock(self, task_id: UUID, lock: TaskLock) -> None:
@@ -227,7 +309,7 @@ class TaskStore:
 
     async def _paths(self, task_id: UUID) -> list[str]:
         prefix = f"{task_prefix(task_id)}/"
-        return [meta["path"] async for batch in obstore.list(self.store, prefix) for meta in batch]
+        return await self._list(prefix)
 
     async def read_many(
         self, task_ids: Iterable[UUID], *, task: bool, stages: bool, lock: bool

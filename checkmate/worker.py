@@ -18,23 +18,23 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from checkmate.db import queries
-from checkmate.db.engine import asyncpg_dsn
 from checkmate.db.tables import QUEUED_CHANNEL
 from checkmate.models import StageMetadata, StageStatus, TaskLock
+from checkmate.retry import Backoff, RetriesExhausted, connection_lost
 from checkmate.service import CheckMateService
 from checkmate.store import StoreError
 from checkmate.tasks import Stage, StageContext, StageResult, TaskKindError, get_kind
+from checkmate.waiting import wait_event
+from checkmate.worker_db import Run, WorkerDatabase
+from checkmate.worker_run import Claim, Outcome, Plan, RunResult, is_ours, stage_data
 
 log = logging.getLogger(__name__)
 
@@ -48,115 +48,6 @@ def default_worker_name() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Outcome(Enum):
-    COMPLETED = "completed"
-    ERROR = "error"
-    # The task stopped being ours between stages (canceled, or unlocked by an operator).
-    STOPPED = "stopped"
-    # The worker is shutting down: the task goes back to QUEUED for another worker.
-    REQUEUE = "requeue"
-
-
-@dataclass(slots=True)
-class Plan:
-    """What a claimed task will run: its params, its stages and what earlier runs left."""
-
-    params: dict[str, Any] = field(default_factory=dict)
-    stages: list[Stage] = field(default_factory=list)
-    previous: dict[int, StageMetadata] = field(default_factory=dict)
-    error: str | None = None
-
-    def done_before(self, index: int) -> StageMetadata | None:
-        """The metadata an earlier run left for stage `index`, if it is the same stage."""
-        before = self.previous.get(index)
-        # A different name means the kind's plan changed since: a different stage.
-        return before if before is not None and before.name == self.stages[index].name else None
-
-    def first_to_run(self) -> str | None:
-        for index, stage in enumerate(self.stages):
-            before = self.done_before(index)
-            if before is None or before.status is not StageStatus.COMPLETED:
-                return stage.name
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    task_id: UUID
-    lock: TaskLock
-    plan: Plan
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    outcome: Outcome
-    error: str | None = None
-
-
-def _stage_data(result: Any, recorded: dict[str, Any]) -> dict[str, Any] | None:
-    """What a stage returned merged with what it recorded; must survive a JSON round trip."""
-    if result is None:
-        data = dict(recorded)
-    elif isinstance(result, dict):
-        data = {**result, **recorded}
-    else:
-        data = {"result": result, **recorded}
-    # Checked here, inside the stage's try, so unserialisable data fails the stage, not the worker.
-    return orjson.loads(orjson.dumps(data)) if data else None
-
-
-class HeldConnections:
-    """The worker's own asyncpg connections, kept open: a pool checkout costs a ping and a
-    reset, more round trips than the one-statement updates a task makes. A connection is
-    reused until a statement on it fails. Its statements are the worker section of queries.py:
-    asyncpg prepares each once per connection."""
-
-    def __init__(self, database_url: str) -> None:
-        self._dsn = asyncpg_dsn(database_url)
-        self._idle: list[asyncpg.Connection] = []
-        self._claim: asyncpg.Connection | None = None
-
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self._dsn, server_settings={"application_name": "checkmate-worker"}
-        )
-
-    @asynccontextmanager
-    async def statement(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for one statement (its own transaction)."""
-        conn = self._idle.pop() if self._idle else await self._connect()
-        try:
-            yield conn
-        except BaseException:
-            conn.terminate()  # whatever failed, never reuse a connection in doubt
-            raise
-        self._idle.append(conn)
-
-    @asynccontextmanager
-    async def claim(self) -> AsyncIterator[asyncpg.Connection]:
-        """The claim loop's connection, in a transaction that commits when the block ends."""
-        conn, self._claim = self._claim or await self._connect(), None
-        try:
-            async with conn.transaction():
-                yield conn
-        except BaseException:
-            conn.terminate()
-            raise
-        self._claim = conn
-
-    async def close(self) -> None:
-        for conn in [*self._idle, *filter(None, [self._claim])]:
-            await conn.close()
-        self._idle, self._claim = [], None
-
-
-def _is_ours(lock: TaskLock | None, claim: Claim) -> bool:
-    return lock is not None and (lock.owner, lock.acquired_at) == (
-        claim.lock.owner,
-        claim.lock.acquired_at,
-    )
 
 
 class Worker:
@@ -192,8 +83,12 @@ class Worker:
         # QUEUED tasks found with a lock object: left alone until an operator unlocks them.
         self._skip_until: dict[UUID, float] = {}
         self._listener: Any = None
+        # Claims retry for as long as the database is away, at most this far apart.
+        self._claim_backoff = Backoff(first=0.05, most=1.0)
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="checkmate-stage")
-        self._db = HeldConnections(service.database_url)
+        self._db = WorkerDatabase(
+            service.database.url, self.name, retry_seconds=service.settings.db_retry_seconds
+        )
 
     def stop(self) -> None:
         """Finish the current stages, requeue the rest, return from run()."""
@@ -220,6 +115,7 @@ class Worker:
         log.info("worker %s stopped", self.name)
 
     async def _claim_loop(self) -> None:
+        retries = 0
         while not self._stopping.is_set():
             # Outcome recording may lag behind by at most `concurrency` tasks.
             free = min(
@@ -232,20 +128,32 @@ class Worker:
             self._wake.clear()
             try:
                 claims = await self.claim(free)
-            except Exception:
-                log.exception("claim failed; retrying in %gs", self.poll_interval)
-                claims = []
+            except Exception as error:
+                if not connection_lost(error):
+                    log.exception("claim failed; retrying in %gs", self.poll_interval)
+                    await self._idle()
+                    continue
+                # No new work while the database is away; the running tasks ride it out.
+                self._db.lost(error)
+                await self._pause(self._claim_backoff.delay(retries))
+                retries += 1
+                continue
+            retries = 0
+            self._db.back()
             for claim in claims:
                 self._spawn(claim)
             if not claims:
                 await self._idle()
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds` or until stop()."""
+        await wait_event(self._stopping, seconds)
+
     async def _idle(self) -> None:
         """Sleep until a notification, a stop, or the poll interval; reconnect LISTEN if lost."""
         if self._listener is None or self._listener.is_closed():
             await self._listen()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        await wait_event(self._wake, self.poll_interval)
 
     def _spawn(self, claim: Claim) -> None:
         self._busy.add(claim.task_id)
@@ -269,10 +177,11 @@ class Worker:
     async def _listen(self) -> None:
         await self._close_listener()
         try:
-            conn = await asyncpg.connect(asyncpg_dsn(self.service.database_url))
+            conn = await self._db.connect()
             await conn.add_listener(QUEUED_CHANNEL, self._on_queued)
         except (OSError, asyncpg.PostgresError) as error:
-            log.warning("LISTEN failed (%s); polling every %gs", error, self.poll_interval)
+            if self._db.reachable:  # while the database is away, the claim loop says so once
+                log.warning("LISTEN failed (%s); polling every %gs", error, self.poll_interval)
             return
         self._listener = conn
 
@@ -296,8 +205,10 @@ class Worker:
         now = time.monotonic()
         self._skip_until = {i: t for i, t in self._skip_until.items() if t > now}
         locked: list[tuple[UUID, TaskLock]] = []
+        claims: list[Claim] = []
+        committing = False
         try:
-            async with self._db.claim() as conn:
+            async with self._db.claim_transaction() as conn:
                 rows = await queries.select_claimable(
                     conn, self.queues, limit, list(self._skip_until)
                 )
@@ -305,19 +216,41 @@ class Worker:
                     return []
                 # Plans are read alongside the locks; a task left unlocked wastes its read.
                 locked, plans = await asyncio.gather(
-                    self._create_locks([task_id for task_id, _ in rows]),
-                    asyncio.gather(*(self._plan(i, stage is not None) for i, stage in rows)),
+                    self._create_locks([task_id for task_id, _, _ in rows]),
+                    asyncio.gather(*(self._plan(i, stage is not None) for i, stage, _ in rows)),
                 )
-                plan_of = {task_id: plan for (task_id, _), plan in zip(rows, plans, strict=True)}
-                claims = [Claim(task_id, lock, plan_of[task_id]) for task_id, lock in locked]
+                found = {task_id: (attempts, plan) for (task_id, _, attempts), plan in zip(
+                    rows, plans, strict=True
+                )}
+                claims = [
+                    Claim(Run(task_id, found[task_id][0]), lock, found[task_id][1])
+                    for task_id, lock in locked
+                ]
                 if claims:
                     first = {claim.task_id: claim.plan.first_to_run() for claim in claims}
                     await queries.mark_running(conn, first, self.name)
-        except BaseException:
+                    committing = True
+        except BaseException as error:
+            if committing and connection_lost(error):
+                # The COMMIT went out and no answer came back: it may have been applied.
+                return await self._resolve_claims(claims, error)
             # The claim did not commit: nobody runs these tasks, so their locks must go.
             await asyncio.shield(self._delete_locks([task_id for task_id, _ in locked]))
             raise
         return claims
+
+    async def _resolve_claims(self, claims: list[Claim], error: BaseException) -> list[Claim]:
+        """Keep the claims the database did commit; unlock the rest."""
+        self._db.lost(error)
+        try:
+            held = await self._db.claimed([claim.run for claim in claims])
+        except Exception:
+            # In doubt for good: the locks stay (and go stale) rather than leave a RUNNING
+            # task without one.
+            log.error("claim of %d tasks in doubt: the database stayed away", len(claims))
+            raise
+        await self._delete_locks([c.task_id for c in claims if c.task_id not in held])
+        return [claim for claim in claims if claim.task_id in held]
 
     async def _plan(self, task_id: UUID, ran_before: bool) -> Plan:
         try:
@@ -361,45 +294,50 @@ class Worker:
 
     async def _execute(self, claim: Claim) -> None:
         try:
-            try:
-                async with self._heartbeat(claim):
+            async with self._heartbeat(claim):
+                try:
                     result = await self._run_task(claim)
-            finally:
-                self._stages_done(claim.task_id)
-            await self._settle(claim, result)
+                finally:
+                    self._stages_done(claim.task_id)
+                # Under the heartbeat: while this waits for the database, the lock stays fresh.
+                finished = await self._record(claim, result)
+            await self._settle(claim, result, finished)
+        except RetriesExhausted as error:
+            # The database stayed away: the lock stays and goes stale, as when killed.
+            log.error("task %s: outcome not recorded, %s", claim.task_id, error)
         except Exception:
-            # Database or store gone mid-task: the lock stays and goes stale, as when killed.
             log.exception("task %s: worker could not record its outcome", claim.task_id)
 
-    async def _settle(self, claim: Claim, result: RunResult) -> None:
+    async def _record(self, claim: Claim, result: RunResult) -> bool:
+        """The run's terminal status in the database; False when the task is no longer ours."""
+        if result.outcome is Outcome.COMPLETED:
+            return await self._db.finish(claim.run, StageStatus.COMPLETED, None)
+        if result.outcome is Outcome.ERROR:
+            return await self._db.finish(claim.run, StageStatus.ERROR, result.error)
+        return False
+
+    async def _settle(self, claim: Claim, result: RunResult, finished: bool) -> None:
         task_id = claim.task_id
         if result.outcome is Outcome.REQUEUE:
             # Lock first, then QUEUED: a claimer never meets a QUEUED task still locked by us.
             await self._release(claim)
-            async with self._db.statement() as conn:
-                await queries.requeue_task(conn, task_id, self.name)
+            await self._db.requeue(claim.run)
             log.info("task %s requeued (worker shutting down)", task_id)
             return
-        if result.outcome is not Outcome.STOPPED:
-            status = StageStatus.ERROR
-            if result.outcome is Outcome.COMPLETED:
-                status = StageStatus.COMPLETED
-            async with self._db.statement() as conn:
-                finished = await queries.finish_task(conn, task_id, self.name, status, result.error)
-            if finished:
-                if status is StageStatus.ERROR:
-                    log.info("task %s failed: %s", task_id, result.error)
-                # The record was still ours when it turned terminal, and a terminal task
-                # cannot be queued while our lock exists: the lock is ours, no need to read it.
-                await self.store.delete_lock(task_id)
-                return
+        if finished:
+            if result.outcome is Outcome.ERROR:
+                log.info("task %s failed: %s", task_id, result.error)
+            # The record was still ours when it turned terminal, and a terminal task
+            # cannot be queued while our lock exists: the lock is ours, no need to read it.
+            await self.store.delete_lock(task_id)
+            return
         log.info("task %s stopped: canceled or unlocked while it ran", task_id)
         await self._release(claim)
 
     async def _release(self, claim: Claim) -> None:
         """Delete the lock if it is still the one this claim wrote (an operator may have
         unlocked the task and another worker claimed it since)."""
-        if _is_ours(await self.store.get_lock(claim.task_id), claim):
+        if is_ours(await self.store.get_lock(claim.task_id), claim):
             await self.store.delete_lock(claim.task_id)
 
     async def _run_task(self, claim: Claim) -> RunResult:
@@ -416,7 +354,7 @@ class Worker:
             if self._stopping.is_set():
                 return RunResult(Outcome.REQUEUE)
             # The claim recorded the first stage; before any later one, re-read the status.
-            if not first and not await self._enter_stage(claim.task_id, stage.name):
+            if not first and not await self._db.enter_stage(claim.run, stage.name):
                 return RunResult(Outcome.STOPPED)
             first = False
             attempt = before.attempt + 1 if before is not None else 1
@@ -428,10 +366,6 @@ class Worker:
                 return RunResult(Outcome.ERROR, f"stage {stage.name} failed: {meta.error}")
             outputs[stage.name] = meta.data or {}
         return RunResult(Outcome.COMPLETED)
-
-    async def _enter_stage(self, task_id: UUID, stage: str) -> bool:
-        async with self._db.statement() as conn:
-            return await queries.set_running_stage(conn, task_id, self.name, stage)
 
     async def _run_stage(self, stage: Stage, ctx: StageContext, *, last: bool) -> StageMetadata:
         """Run one stage; its metadata object is written when it starts and when it ends."""
@@ -446,14 +380,14 @@ class Worker:
         await self.store.put_stage(ctx.task_id, meta)
         clock = time.perf_counter()
         try:
-            data = _stage_data(await self._call(stage, ctx), ctx.recorded)
+            data = stage_data(await self._call(stage, ctx), ctx.recorded)
             update: dict[str, Any] = {"status": StageStatus.COMPLETED, "data": data}
         except Exception as error:
             update = {
                 "status": StageStatus.ERROR,
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc(),
-                "data": _stage_data(None, ctx.recorded),
+                "data": stage_data(None, ctx.recorded),
             }
         update |= {"finished_at": _now(), "duration_seconds": time.perf_counter() - clock}
         meta = meta.model_copy(update=update)
@@ -487,13 +421,10 @@ class Worker:
         async def beat() -> None:
             interval = self.lock_timeout / 3
             while True:
-                try:
-                    await asyncio.wait_for(done.wait(), interval)
+                if await wait_event(done, interval):
                     return
-                except TimeoutError:
-                    pass
                 try:
-                    if not _is_ours(await self.store.get_lock(claim.task_id), claim):
+                    if not is_ours(await self.store.get_lock(claim.task_id), claim):
                         return  # unlocked by an operator: never bring the lock back
                     await self.store.put_lock(
                         claim.task_id, claim.lock.model_copy(update={"heartbeat_at": _now()})

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from graphql import DocumentNode, ExecutionResult, GraphQLError, Node, VariableNode
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from strawberry.http.exceptions import WebSocketDisconnected
 
 from checkmate.models import StatusEvent
 from schema.context import GraphQLContext
 from schema.dataloaders import Loaders
 from schema.errors import coded
 from schema.graphql_compat import Executor
+from schema.strawberry_view import WebSocketDisconnected, resolve_info
 
 if TYPE_CHECKING:
     from strawberry.schema import BaseSchema
@@ -109,11 +109,12 @@ def selection_variables(info: Info[Any, Any]) -> frozenset[str]:
     """Variables that can change how an event renders: any used below or on the root field
     except in its arguments, and any used in a fragment."""
     nodes: list[Node] = []
-    for field in info._raw_info.field_nodes:
+    raw = resolve_info(info)
+    for field in raw.field_nodes:
         nodes.extend(field.directives or ())
         if field.selection_set is not None:
             nodes.append(field.selection_set)
-    nodes.extend(info._raw_info.fragments.values())
+    nodes.extend(raw.fragments.values())
     return frozenset(name for node in nodes for name in _variables_in(node))
 
 
@@ -207,7 +208,7 @@ class Broadcast:
         if group is not None and group.service is service:
             self._groups.move_to_end(key)
             return group
-        raw = info._raw_info
+        raw = resolve_info(info)
         document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
         # The group's own context: its loaders are shared by every group, so the `task` reads
         # of one event's renderings go out as one batch; nothing is cached between events.

@@ -11,8 +11,6 @@ from typing import Any
 
 from graphql import FieldNode, GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import SchemaExtension
-from strawberry.schema.exceptions import InvalidOperationTypeError
-from strawberry.types.execution import PreExecutionError
 from strawberry.utils.str_converters import to_camel_case
 
 from checkmate.arguments import FILTER_FIELDS
@@ -20,12 +18,16 @@ from checkmate.errors import Arg
 from checkmate.events import SubscriberLagging
 from checkmate.service import ServiceError
 from schema.limits import QUERY_TOO_COMPLEX, is_token_limit
+from schema.strawberry_view import InvalidOperationTypeError, PreExecutionError
 
 log = logging.getLogger("checkmate.api")
 
 BAD_USER_INPUT = ServiceError.BAD_USER_INPUT
 INTERNAL = ServiceError.INTERNAL
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+# An HTTP request that cannot be run at all (not JSON, not an object, wrong method, media or
+# content type, no query); the status says which.
+BAD_REQUEST = "BAD_REQUEST"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 SUBSCRIBER_LAGGING = "SUBSCRIBER_LAGGING"
 STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"

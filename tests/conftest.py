@@ -20,6 +20,7 @@ from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from schema.execution import FAST_PATH
+from tests.worker_support import start_worker  # noqa: F401  (a fixture for the worker tests)
 
 TEMPLATE = f"checkmate_template_{os.getpid()}"
 

@@ -1,5 +1,6 @@
-"""A real API server process on a loopback port, and GraphQL websocket clients for both
-subscription protocols. Shared by tests/test_subscriptions.py and bench/bench_subscriptions.py."""
+"""A real API server on a loopback port (its own process, or uvicorn in the test's event loop),
+and GraphQL websocket clients for both subscription protocols. Shared by the subscription and
+client tests and bench/bench_subscriptions.py."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import uvicorn
+from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
+
+from checkmate.settings import Settings
+from server import GraphQLRouter, create_app
+from tests.support import bounded, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +42,42 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+TIMEOUT = 15
+
+
+@dataclass
+class Served:
+    url: str  # websocket URL of /graphql
+    app: Starlette  # in this process, so tests can ask its hub
+
+    @property
+    def http_url(self) -> str:
+        return "http" + self.url.removeprefix("ws")
+
+    @property
+    def graphql(self) -> GraphQLRouter:
+        """The app's GraphQL view (tests shorten its keep-alive interval)."""
+        return next(
+            route.endpoint for route in self.app.routes
+            if isinstance(getattr(route, "endpoint", None), GraphQLRouter)
+        )
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Served]:
+    """A uvicorn server on a free loopback port, in this event loop."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, TIMEOUT)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Served(f"ws://127.0.0.1:{port}/graphql", app)
+    finally:
+        server.should_exit = True
+        await bounded(task, "uvicorn shutdown (lifespan: EventHub.stop, service.close)")
 
 
 class ServerProcess:

@@ -89,7 +89,7 @@ async def wait_until(
 
 async def bounded(step: Awaitable[T], what: str, within: float = 30) -> T:
     """A teardown step that fails after `within` seconds instead of hanging the suite. Not
-    asyncio.wait_for: a step that swallows its own cancellation (EventHub.stop does, see
+    asyncio.wait_for: a step that swallows its own cancellation (EventHub.stop did, see
     tests/test_hub_stop.py) would then return late as if nothing had happened."""
     task = asyncio.ensure_future(step)
     done, _ = await asyncio.wait({task}, timeout=within)

@@ -33,7 +33,7 @@ from checkmate.models import CheckMateTask, CheckMateTaskBatchResult, StageStatu
 from checkmate.pydantic_compat import trusted
 from checkmate.store import _write_local
 from checkmate.versions import release, require_tested, within
-from schema import graphql_compat
+from schema import graphql_compat, strawberry_view
 from schema.graphql_compat import Executor, changed_hooks
 
 FENCES: list[tuple[ModuleType, str]] = [
@@ -41,6 +41,7 @@ FENCES: list[tuple[ModuleType, str]] = [
     (graphql_compat, "graphql-core"),
     (pydantic_compat, "pydantic"),
     (obstore_compat, "obstore"),
+    (strawberry_view, "strawberry-graphql"),
 ]
 
 

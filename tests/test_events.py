@@ -16,7 +16,8 @@ import pytest
 
 from checkmate.db import queries
 from checkmate.db.engine import asyncpg_dsn
-from checkmate.events import EventHub, SubscriberLagging, TaskFacts, _Snapshot, matches
+from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
+from checkmate.events.reader import Snapshot as _Snapshot
 from checkmate.models import StageStatus, StatusEvent, TaskFilter
 from checkmate.service import CheckMateService
 from tests.support import TaskRow, bounded, insert_task_rows, wait_until
@@ -27,7 +28,7 @@ Events = AsyncGenerator[StatusEvent, None]
 @pytest.fixture
 async def hub(service: CheckMateService) -> AsyncIterator[EventHub]:
     # A keep-alive longer than any test: recovery must come from the reconnect, not a poll.
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     await hub.start()
     yield hub
     await bounded(hub.stop(), "EventHub.stop")
@@ -79,7 +80,7 @@ async def nothing_more(
 
 
 async def caught_up(hub: EventHub) -> None:
-    async with hub.service.engine.connect() as conn:
+    async with hub.database.connect() as conn:
         newest = await queries.select_last_event_id(conn)
     await wait_until(lambda: hub.delivered >= newest, describe=lambda: f"never delivered {newest}")
 
@@ -87,7 +88,9 @@ async def caught_up(hub: EventHub) -> None:
 async def read_past(hub: EventHub, conn: asyncpg.Connection) -> int:
     """Wait until the hub's reader has read up to the newest committed event id; that id."""
     newest = (await stored_events(conn))[-1]["id"]
-    await wait_until(lambda: hub._read_upto >= newest, describe=lambda: f"never read {newest}")
+    await wait_until(
+        lambda: hub.reader.read_upto >= newest, describe=lambda: f"never read {newest}"
+    )
     return int(newest)
 
 
@@ -197,8 +200,8 @@ async def test_a_rolled_back_hole_does_not_stall_the_feed(
     assert received.task_id == second_task
     # The hole was resolved by visibility, well before max_hold would have skipped it.
     assert hub.max_hold > 5
-    assert not hub._holes
-    assert not hub._overdue
+    assert not hub.reader.holes
+    assert not hub.reader.overdue
 
 
 async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
@@ -206,7 +209,7 @@ async def test_a_transaction_in_flight_when_the_hub_starts_is_not_missed(
 ) -> None:
     first_task, second_task = await new_tasks(raw_conn, 2)
     slow = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         transaction = slow.transaction()
         await transaction.start()
@@ -314,7 +317,7 @@ async def test_terminating_the_listen_connection_during_1000_changes_loses_nothi
 async def test_an_overflowing_subscriber_is_dropped_while_another_gets_everything(
     service: CheckMateService, raw_conn: asyncpg.Connection
 ) -> None:
-    hub = EventHub(service, keepalive=60, max_queue=10)
+    hub = EventHub(service.database, service.settings, keepalive=60, max_queue=10)
     await hub.start()
     try:
         ids = await new_tasks(raw_conn, 1)
@@ -434,7 +437,7 @@ async def test_prune_deletes_only_events_older_than_the_retention(
         "UPDATE status_events SET changed_at = now() - $1::interval - interval '1 minute'"
         " WHERE id = ANY($2)", retention, old,
     )
-    hub = EventHub(service, prune_batch=4)
+    hub = EventHub(service.database, service.settings, prune_batch=4)
     assert await hub.prune() == 9
     remaining = [row["id"] for row in await stored_events(raw_conn)]
     assert len(remaining) == 5
@@ -488,7 +491,7 @@ async def test_a_newer_xid_in_flight_when_the_hub_starts_is_not_missed(
     first_task, second_task = await new_tasks(raw_conn, 2)
     older = await asyncpg.connect(asyncpg_dsn(database_url))
     newer = await asyncpg.connect(asyncpg_dsn(database_url))
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     try:
         older_tx, newer_tx = older.transaction(), newer.transaction()
         await older_tx.start()

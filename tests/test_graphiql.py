@@ -15,8 +15,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.typing import Subprotocol
 
 from checkmate.models import StageStatus
 from schema.graphiql import ASSETS, ASSETS_PATH, IMMUTABLE
@@ -203,20 +201,10 @@ async def test_graphiql_runs_a_query_with_other_hosts_blocked(
     assert nonzero == {"CREATED": 4, "ERROR": 1}
 
 
-async def server_sends_binary_frames(server: ServerProcess) -> bool:
-    async with connect(server.ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
-        await ws.send('{"type": "connection_init"}')
-        return isinstance(await ws.recv(), bytes)
-
-
 @pytest.mark.slow
 async def test_graphiql_shows_a_subscription_event_committed_by_raw_sql(
     server: ServerProcess, raw_conn: asyncpg.Connection
 ) -> None:
-    if await server_sends_binary_frames(server):
-        # Browsers' graphql-ws refuses binary frames (issue 7, defect 1, fixed separately):
-        # this test runs in full, and must pass, as soon as the server sends text frames.
-        pytest.xfail("the server sends its websocket messages as binary frames")
     (task_id,) = await new_tasks(raw_conn, 1, queue="graphiql")
     async with graphiql_in_chromium(server) as page:
         await run_in_graphiql(

@@ -7,22 +7,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import pytest
-import uvicorn
 from sqlalchemy import event as sa_event
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from checkmate.settings import Settings
-from server import create_app
 from tests.graphql_helpers import insert_tasks
-from tests.support import bounded, wait_until
+from tests.subscription_support import TIMEOUT, Served, serving
+from tests.support import wait_until
 
 SUBSCRIPTION = """
 subscription Feed($filter: TaskFilter, $after: ID) {
@@ -30,29 +28,6 @@ subscription Feed($filter: TaskFilter, $after: ID) {
     eventId taskId status previousStatus queue changedAt task { id status }
   }
 }"""
-TIMEOUT = 15
-
-
-@dataclass
-class Served:
-    url: str  # websocket URL of /graphql
-    app: Starlette  # in this process, so tests can ask its hub
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Served]:
-    """A uvicorn server on a free loopback port."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started, TIMEOUT)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Served(f"ws://127.0.0.1:{port}/graphql", app)
-    finally:
-        server.should_exit = True
-        await bounded(task, "uvicorn shutdown (lifespan: EventHub.stop, service.close)")
 
 
 class TransportWs:

@@ -1,39 +1,29 @@
 """EventHub.stop() must end. It cancels the hub's loops and awaits them; on Python 3.11,
 asyncio.wait_for swallows a cancellation that arrives in the same loop iteration as the event it
 waits for (it returns the result instead: fixed in 3.12, which rebuilt wait_for on
-asyncio.timeout). The read loop waits with `wait_for(self._wake.wait(), ...)`, so a
-notification that wakes it just as stop() cancels it leaves it running forever, and stop() with
-it (stop() also suppresses its own cancellation, so an outer timeout cannot end it either).
+asyncio.timeout). The read loop waited with `wait_for(self._wake.wait(), ...)`, so a
+notification that woke it just as stop() cancelled it left it running forever, and stop() with
+it (stop() also suppressed its own cancellation, so an outer timeout could not end it either).
 No notification is even needed: start() sets the wake-up event itself, so an app whose lifespan
-stops the hub right after starting it (a test that only GETs a page) hits it. That is what hung
-the suite in an app fixture's teardown; the bounded teardown caught it once since, in
-test_graphiql.py::test_the_page_names_no_other_host. Every teardown that stops a hub is now bounded
-(tests/support.py: bounded), so such a hang fails that test instead of stalling the suite; this
-test pins the cause until the hub ends its loops for sure (e.g. cancel again until each task is
-done, or loops that check `_closed`), then its xfail marker goes."""
+stops the hub right after starting it (a test that only GETs a page) hit it, and hung the suite
+in an app fixture's teardown. The hub now waits with asyncio.timeout and stop() gathers its
+tasks (checkmate/events/hub.py); this test keeps it so. Teardowns that stop a hub stay bounded
+(tests/support.py: bounded), so a regression fails a test instead of stalling the suite."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-
-import pytest
 
 from checkmate.events import EventHub
 from checkmate.service import CheckMateService
 from tests.support import wait_until
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    reason="Python 3.11's asyncio.wait_for swallows the cancel; EventHub.stop then never ends",
-    strict=True,
-)
 async def test_stop_ends_when_a_notification_wakes_the_reader_as_it_stops(
     service: CheckMateService,
 ) -> None:
-    hub = EventHub(service, keepalive=60)
+    hub = EventHub(service.database, service.settings, keepalive=60)
     await hub.start()
     reads = [0]
     read_once = hub.read_once

@@ -96,7 +96,10 @@ def test_media_type_negotiation() -> None:
     assert response_media_type(f"application/json, {GRAPHQL_RESPONSE};q=0.5") == (
         "application/json"
     )
-    assert response_media_type(f"{GRAPHQL_RESPONSE};q=0") == "application/json"
+    assert response_media_type("application/*") == "application/json"
+    # Neither media type acceptable: the request gets 406 (GraphQL-over-HTTP recommends it).
+    assert response_media_type(f"{GRAPHQL_RESPONSE};q=0") is None
+    assert response_media_type("text/plain") is None
 
 
 async def test_request_id_is_echoed_or_made(api: Api) -> None:

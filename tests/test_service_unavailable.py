@@ -79,7 +79,7 @@ async def test_reads_on_dropped_pooled_connections_retry_once_on_a_fresh_one(
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         assert killed >= 1
-        with caplog.at_level(logging.INFO, logger="checkmate.service"):
+        with caplog.at_level(logging.INFO, logger="checkmate.db.database"):
             assert await read()
     # A connection asyncpg already saw closed is replaced at checkout; one it did not see
     # closed fails its statement, and that read ran again.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -19,23 +18,7 @@ from checkmate.models import StageStatus, TaskFilter, TaskLock
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from tests.support import bounded
-from tests.worker_support import WorkerProcess, wait_status, wait_until
-
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, settings_: Settings = settings) -> WorkerProcess:
-        worker = WorkerProcess(settings_, *args, log_dir=tmp_path)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
+from tests.worker_support import StartWorker, WorkerProcess, wait_status, wait_until
 
 
 async def statuses_of(raw_conn: asyncpg.Connection, task_id: UUID) -> list[str]:
@@ -352,7 +335,7 @@ async def test_subscribers_see_queued_running_completed_for_each_task(
     # Three workers commit short claim and finish transactions concurrently, so event ids
     # commit out of order with interleaved xids: the hub must hold and deliver every one.
     ids, _ = await _queue_record_runs(service, 300, tmp_path / "runs.log", start_worker)
-    hub = EventHub(service)
+    hub = EventHub(service.database, service.settings)
     await hub.start()
     seen: dict[UUID, list[StageStatus]] = {}
 

@@ -7,15 +7,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+
+import pytest
 
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from tests.support import wait_until
 
-__all__ = ["WorkerProcess", "wait_status", "wait_until", "worker_env"]
+__all__ = [
+    "StartWorker",
+    "WorkerProcess",
+    "start_worker",
+    "wait_status",
+    "wait_until",
+    "worker_env",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKMATE = Path(sys.executable).parent / "checkmate"
@@ -37,12 +47,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One `checkmate worker` subprocess; its log goes to a file the test can read."""
 
-    def __init__(self, settings: Settings, *args: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *args: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(CHECKMATE), "worker", "--poll-interval", "1", *args],
-                env=worker_env(settings),
+                env={**worker_env(settings), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -79,3 +95,23 @@ async def wait_status(
         return task if task.status in statuses else None
 
     return await wait_until(reached, within)
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start `checkmate worker` processes (killed at the end of the test)."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        *args: str, settings_: Settings = settings, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(settings_, *args, log_dir=tmp_path, env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

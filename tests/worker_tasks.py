@@ -41,3 +41,22 @@ async def summarise(ctx: StageContext) -> dict[str, Any]:
 @task_kind("tests.bad_data").stage
 def returns_unserialisable(ctx: StageContext) -> dict[str, Any]:
     return {"obj": object()}
+
+
+slow_record = task_kind("tests.slow_record")
+
+
+def _slow_stage(number: int) -> Any:
+    def run(ctx: StageContext) -> dict[str, Any]:
+        """Like demo.pipeline's stages, with a per-run side effect: one line per execution of
+        each stage, so a stage run twice (or by two workers at once) shows twice."""
+        with open(ctx.params["log"], "a") as log:
+            log.write(f"{ctx.task_id} {ctx.stage} {ctx.attempt} {os.getpid()}\n")
+        time.sleep(ctx.params.get("sleep", 0.4))
+        return {"stage": number}
+
+    return run
+
+
+for _number in (1, 2, 3):
+    slow_record.stage(name=f"stage-{_number}")(_slow_stage(_number))

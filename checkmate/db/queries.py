@@ -255,8 +255,9 @@ _QUEUED, _RUNNING = StageStatus.QUEUED.value, StageStatus.RUNNING.value
 
 # Oldest first, skipping rows other workers hold: claimers never wait on each other nor take
 # the same task. $3 are tasks found with a lock object, left alone until an operator unlocks.
+# attempts keys every later statement of the run: see _HELD_BY.
 _SELECT_CLAIMABLE = f"""
-SELECT id, stage FROM tasks
+SELECT id, stage, attempts FROM tasks
 WHERE status = '{_QUEUED}' AND queue = ANY($1::text[]) AND id <> ALL($3::uuid[])
 ORDER BY created_at LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -270,17 +271,30 @@ FROM unnest($1::uuid[], $2::text[]) AS claimed (id, stage)
 WHERE tasks.id = claimed.id AND tasks.status = '{_QUEUED}'
 """
 
-# The task still runs under this worker ($1 id, $2 worker): not canceled, unlocked, or
-# claimed by another worker since.
-_HELD_BY = f"id = $1 AND status = '{_RUNNING}' AND worker = $2"
-_SET_RUNNING_STAGE = f"UPDATE tasks SET stage = $3, updated_at = now() WHERE {_HELD_BY}"
-_FINISH_TASK = f"""
-UPDATE tasks SET status = $3, error = $4, finished_at = now(), updated_at = now()
-WHERE {_HELD_BY}
+# The task still runs this run ($1 id, $2 worker, $3 attempts): not canceled, unlocked, or
+# claimed since (by another worker, or by this one after an unlock and an invoke). A statement
+# keyed so can be repeated after a lost reply: the repeat changes nothing (or, for the stage,
+# writes the same value again).
+_HELD_BY = f"id = $1 AND status = '{_RUNNING}' AND worker = $2 AND attempts = $3"
+_SET_RUNNING_STAGE = f"UPDATE tasks SET stage = $4, updated_at = now() WHERE {_HELD_BY}"
+# Many runs' outcomes in one statement ($1 worker; then per task: id, attempts, status, error).
+_FINISH_TASKS = f"""
+UPDATE tasks SET status = done.status, error = done.error, finished_at = now(),
+    updated_at = now()
+FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[]) AS done (id, attempts, status, error)
+WHERE tasks.id = done.id AND tasks.status = '{_RUNNING}' AND tasks.worker = $1
+    AND tasks.attempts = done.attempts
+RETURNING tasks.id
 """
 _REQUEUE_TASK = (
     f"UPDATE tasks SET status = '{_QUEUED}', worker = NULL, updated_at = now() WHERE {_HELD_BY}"
 )
+# Where runs stand now, to tell "a lost reply's statement was applied" from "not ours any
+# more". FOR UPDATE waits for a transaction still in flight (its connection cut off by the
+# network, not yet by the server) to end, so the answer is its outcome, not the state before.
+_SELECT_RUN_STATES = """
+SELECT id, status, worker, attempts FROM tasks WHERE id = ANY($1::uuid[]) FOR UPDATE
+"""
 
 
 def _row_count(status: str) -> int:
@@ -290,10 +304,11 @@ def _row_count(status: str) -> int:
 
 async def select_claimable(
     conn: asyncpg.Connection, queues: Sequence[str], limit: int, exclude: Sequence[UUID] = ()
-) -> list[tuple[UUID, str | None]]:
-    """Row-lock up to `limit` claimable tasks: (id, stage) each; call inside a transaction."""
+) -> list[tuple[UUID, str | None, int]]:
+    """Row-lock up to `limit` claimable tasks: (id, stage, attempts) each; call inside a
+    transaction."""
     rows = await conn.fetch(_SELECT_CLAIMABLE, list(queues), limit, list(exclude))
-    return [(row[0], row[1]) for row in rows]
+    return [(row[0], row[1], row[2]) for row in rows]
 
 
 async def mark_running(
@@ -305,22 +320,46 @@ async def mark_running(
 
 
 async def set_running_stage(
-    conn: asyncpg.Connection, task_id: UUID, worker: str, stage: str
+    conn: asyncpg.Connection, task_id: UUID, worker: str, attempts: int, stage: str
 ) -> bool:
-    """Record the stage about to run; False when the task is no longer this worker's to run,
-    which makes this the worker's re-read of the status between stages."""
-    return _row_count(await conn.execute(_SET_RUNNING_STAGE, task_id, worker, stage)) == 1
+    """Record the stage about to run; False when the task is no longer this run's, which makes
+    this the worker's re-read of the status between stages."""
+    status = await conn.execute(_SET_RUNNING_STAGE, task_id, worker, attempts, stage)
+    return _row_count(status) == 1
 
 
-async def finish_task(
-    conn: asyncpg.Connection, task_id: UUID, worker: str, status: StageStatus, error: str | None
+async def finish_tasks(
+    conn: asyncpg.Connection,
+    worker: str,
+    outcomes: Sequence[tuple[UUID, int, StageStatus, str | None]],
+) -> set[UUID]:
+    """Runs (id, attempts, status, error) -> their terminal status, in one statement; returns
+    the ids it changed (the others are no longer these runs', or already finished)."""
+    rows = await conn.fetch(
+        _FINISH_TASKS,
+        worker,
+        [task_id for task_id, _, _, _ in outcomes],
+        [attempts for _, attempts, _, _ in outcomes],
+        [status.value for _, _, status, _ in outcomes],
+        [error for _, _, _, error in outcomes],
+    )
+    return {row[0] for row in rows}
+
+
+async def requeue_task(
+    conn: asyncpg.Connection, task_id: UUID, worker: str, attempts: int
 ) -> bool:
-    return _row_count(await conn.execute(_FINISH_TASK, task_id, worker, status.value, error)) == 1
-
-
-async def requeue_task(conn: asyncpg.Connection, task_id: UUID, worker: str) -> bool:
     """Back to QUEUED for another worker (shutdown); attempts count invokes, so it stays."""
-    return _row_count(await conn.execute(_REQUEUE_TASK, task_id, worker)) == 1
+    return _row_count(await conn.execute(_REQUEUE_TASK, task_id, worker, attempts)) == 1
+
+
+async def select_run_states(
+    conn: asyncpg.Connection, ids: Sequence[UUID]
+) -> dict[UUID, tuple[str, str | None, int]]:
+    """(status, worker, attempts) of each task that exists; call inside a transaction (the rows
+    stay locked until it ends)."""
+    rows = await conn.fetch(_SELECT_RUN_STATES, list(ids))
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
 # --- GraphQL API (server readiness) -----------------------------------------------------------
@@ -330,7 +369,7 @@ async def ping(conn: AsyncConnection) -> None:
     await conn.execute(select(true()))
 
 
-# --- events (the subscription hub's reader and pruner, checkmate/events.py) ---
+# --- events (the subscription hub's reader and pruner, checkmate/events/) ---
 
 
 def _events_with_task_facts() -> Select[Any]:
@@ -348,7 +387,8 @@ def _snapshot_and_xid() -> tuple[Any, Any]:
     # pg_current_snapshot() is the running statement's own snapshot, taken before it executes:
     # the rows and the in-progress list it returns describe the same instant.
     # pg_current_xact_id() gives the reading transaction an xid while the statement executes,
-    # so it is newer than every xid assigned before that snapshot (events.py bounds holes by it).
+    # so it is newer than every xid assigned before that snapshot (events/reader.py bounds holes
+    # by it).
     return (
         cast(func.pg_current_snapshot(), Text).label("snapshot"),
         cast(func.pg_current_xact_id(), Text).label("xid"),
@@ -391,12 +431,37 @@ async def select_event_id_tail(conn: AsyncConnection, limit: int) -> tuple[str, 
     return snapshot, int(xid), sorted(ids or [])
 
 
-async def delete_events_batch(conn: AsyncConnection, cutoff: datetime, *, limit: int) -> int:
-    """Delete up to `limit` events older than cutoff; short statements keep locks and WAL small."""
+async def select_event_bounds(conn: AsyncConnection) -> tuple[int | None, int]:
+    """The oldest and newest stored event ids (None and 0 when there are none)."""
+    query = select(func.min(status_events.c.id), func.coalesce(func.max(status_events.c.id), 0))
+    oldest, newest = (await conn.execute(query)).one()
+    return oldest, int(newest)
+
+
+async def select_prune_bound(conn: AsyncConnection, cutoff: datetime) -> int | None:
+    """The lowest id pruning keeps: that of the first event at or after cutoff, else the newest
+    event's. Pruning deletes every id below it, a prefix, so the table always holds every event
+    from its oldest on, and the newest event always (see events/reader.py: where a
+    subscription may resume)."""
+    first_kept = (
+        select(status_events.c.id)
+        .where(status_events.c.changed_at >= cutoff)
+        .order_by(status_events.c.changed_at, status_events.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    newest = select(func.max(status_events.c.id)).scalar_subquery()
+    bound: int | None = (await conn.execute(select(func.coalesce(first_kept, newest)))).scalar()
+    return bound
+
+
+async def delete_events_below(conn: AsyncConnection, bound: int, *, limit: int) -> int:
+    """Delete up to `limit` of the oldest events with ids below `bound`; short statements keep
+    locks and WAL small."""
     oldest = (
         select(status_events.c.id)
-        .where(status_events.c.changed_at < cutoff)
-        .order_by(status_events.c.changed_at)
+        .where(status_events.c.id < bound)
+        .order_by(status_events.c.id)
         .limit(limit)
     )
     query = delete(status_events).where(status_events.c.id.in_(oldest.scalar_subquery()))
