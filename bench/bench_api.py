@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.databases import admin, database_url, migrate
+from bench.databases import existing_database
 from bench.seed import seed
 from checkmate.access import AccessControl
 from checkmate.db.engine import asyncpg_dsn, create_engine
@@ -45,15 +45,7 @@ BIG = f"{{ tasks(maxResults: 10000) {{ nodes {{ {SCALARS} }} }} }}"
 
 async def prepare(server_url: str, rows: int, store_url: str, objects_for: int) -> str:
     """The bench database with `rows` tasks (seeded once, reused while the count matches)."""
-    url = database_url(server_url, DATABASE)
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-    finally:
-        await conn.close()
-    if not exists:
-        await admin(server_url, f'CREATE DATABASE "{DATABASE}"')
-    await migrate(url)
+    url = await existing_database(server_url, DATABASE)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         count = await conn.fetchval("SELECT count(*) FROM tasks")

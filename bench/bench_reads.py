@@ -37,7 +37,7 @@ import asyncpg
 import httpx
 
 from bench.bench_api import _free_port, wait_ready
-from bench.databases import admin, database_url, migrate
+from bench.databases import existing_database
 from bench.seed import seed
 from checkmate.db.engine import asyncpg_dsn
 
@@ -92,15 +92,7 @@ SCALAR_PAGE = (
 
 async def prepare(server_url: str, rows: int, store_url: str, objects_for: int) -> str:
     """The bench database with `rows` tasks in queues q1..q3 (seeded once, reused after)."""
-    url = database_url(server_url, DATABASE)
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-    finally:
-        await conn.close()
-    if not exists:
-        await admin(server_url, f'CREATE DATABASE "{DATABASE}"')
-    await migrate(url)
+    url = await existing_database(server_url, DATABASE)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         count = await conn.fetchval("SELECT count(*) FROM tasks")

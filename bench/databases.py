@@ -40,3 +40,17 @@ async def fresh_database(server_url: str, name: str, *, migrated: bool = True) -
     if migrated:
         await migrate(url)
     return url
+
+
+async def existing_database(server_url: str, name: str) -> str:
+    """Database `name`, created if missing, migrated; its URL (what it holds is kept)."""
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    if not exists:
+        await admin(server_url, f'CREATE DATABASE "{name}"')
+    url = database_url(server_url, name)
+    await migrate(url)
+    return url
