@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -359,6 +359,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        # Until a console lives at /, it points to GraphiQL.
+        Route("/", lambda request: RedirectResponse("/graphql", status_code=307)),
         graphiql_assets(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -369,7 +371,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(
         AuthenticationGate,
         access=lambda: app.state.access,
-        public=frozenset({"/healthz", "/readyz", "/metrics"}),
+        public=frozenset({"/", "/healthz", "/readyz", "/metrics"}),
         public_prefixes=("/graphql/static/",),  # GraphiQL's assets
     )
     app.add_middleware(  # preflights (before authentication) and CORS headers, 401s included

@@ -343,20 +343,24 @@ async def checkmate_only(base: str, args: argparse.Namespace, workdir: Path) -> 
     return lines
 
 
-# What follows this line in docs/benchmarks.md is kept when the bench rewrites the table.
-KEPT = "<!-- kept: the sections below are not written by bench_reads -->"
+# bench_reads rewrites only what stands between these markers of docs/benchmarks.md.
+BEGIN, END = "<!-- bench_reads: begin -->", "<!-- bench_reads: end -->"
 
 
 def write_report(path: Path, lines: list[str], command: str) -> None:
+    generated = (
+        "CheckMate against PostGraphile v4 on the same database (`bench/bench_reads.py`). Each "
+        "cell lists the req/s of every round, then the mean p50/p99 latency; the ratio is of "
+        f"the mean req/s.\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = path.read_text() if path.exists() else ""
-    kept = previous[previous.index(KEPT):] if KEPT in previous else ""
-    path.write_text(
-        "# Read benchmarks\n\nCheckMate against PostGraphile v4 on the same database "
-        "(`bench/bench_reads.py`). Each cell lists the req/s of every round, then the mean "
-        "p50/p99 latency; the ratio is of the mean req/s.\n\n"
-        f"Command: `{command}`\n\n" + "\n".join(lines) + "\n" + ("\n" + kept if kept else "")
-    )
+    if BEGIN in previous and END in previous:
+        before, rest = previous.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+    else:
+        before, after = previous + "\n## Reads side by side with PostGraphile v4\n\n", "\n"
+    path.write_text(f"{before}{BEGIN}\n{generated}{END}{after}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

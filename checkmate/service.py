@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from checkmate import arguments
+from checkmate import arguments, metrics
 from checkmate.access import LOCAL_ACTOR
 from checkmate.actions import BatchAction
 from checkmate.arguments import FilterArgs, TaskIds
@@ -91,6 +91,7 @@ class CheckMateService:
         self.settings = settings
         self.database_url = database_url
         self.stage_cache = StageCache(settings.stage_cache_size)
+        metrics.track_pool(engine)
 
     @classmethod
     async def open(cls, settings: Settings | None = None) -> CheckMateService:
@@ -454,7 +455,18 @@ class CheckMateService:
             check_reason(reason),
         )
         runner = BatchRunner(self.engine, self._connect, self.store, self.settings)
-        return await runner.run(action, selection, options, None if options.dry_run else audit)
+        try:
+            succeeded, failed = await runner.run(
+                action, selection, options, None if options.dry_run else audit
+            )
+        except ServiceError as error:
+            metrics.record_batch(action.value, options.dry_run, error.code)
+            raise
+        except BaseException:
+            metrics.record_batch(action.value, options.dry_run, ServiceError.INTERNAL)
+            raise
+        metrics.record_batch(action.value, options.dry_run, "ok", succeeded, failed)
+        return succeeded, failed
 
     # --- the audit trail -------------------------------------------------------------------
 

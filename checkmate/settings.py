@@ -26,16 +26,24 @@ class Settings(BaseSettings):
         None,
         description="file:///path, memory:// or s3://bucket/prefix; unset = data_dir/store.",
     )
-    data_dir: Path = Path(".checkmate")
+    data_dir: Path = Field(
+        Path(".checkmate"), description="Embedded database (pg/), default store and logs."
+    )
     lock_timeout: float = Field(
         60.0, gt=0, description="Seconds until a lock's heartbeat is stale."
     )
-    max_results_cap: int = Field(10_000, ge=1, le=HARD_MAX_RESULTS)
-    event_retention: timedelta = timedelta(days=7)
+    max_results_cap: int = Field(
+        10_000, ge=1, le=HARD_MAX_RESULTS,
+        description="Most tasks one list or batch call may select (at most 100,000).",
+    )
+    event_retention: timedelta = Field(
+        timedelta(days=7),
+        description="Status events older than this are pruned (seconds or ISO 8601, e.g. P7D).",
+    )
     task_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules that register task kinds."
     )
-    db_pool_size: int = Field(10, ge=1)
+    db_pool_size: int = Field(10, ge=1, description="Database pool size per process.")
     store_concurrency: int = Field(64, ge=1, description="Store requests in flight per batch.")
     batch_chunk_size: int = Field(5_000, ge=1, description="Rows per batch UPDATE statement.")
     cors_origins: list[str] = Field(

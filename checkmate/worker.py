@@ -25,6 +25,7 @@ from uuid import UUID
 
 import asyncpg
 
+from checkmate import worker_observe
 from checkmate.db import queries
 from checkmate.db.tables import QUEUED_CHANNEL
 from checkmate.models import StageMetadata, StageStatus, TaskLock
@@ -237,6 +238,7 @@ class Worker:
             # The claim did not commit: nobody runs these tasks, so their locks must go.
             await asyncio.shield(self._delete_locks([task_id for task_id, _ in locked]))
             raise
+        worker_observe.taken(claims)
         return claims
 
     async def _resolve_claims(self, claims: list[Claim], error: BaseException) -> list[Claim]:
@@ -262,7 +264,8 @@ class Worker:
             previous = await self.store.get_stages(task_id) if ran_before else []
         except (StoreError, TaskKindError) as error:
             return Plan(error=str(error))
-        return Plan(task_object.params, stages, {meta.index: meta for meta in previous})
+        previous_by_index = {meta.index: meta for meta in previous}
+        return Plan(task_object.params, stages, previous_by_index, kind=task_object.name)
 
     async def _create_locks(self, task_ids: Sequence[UUID]) -> list[tuple[UUID, TaskLock]]:
         acquired_at = _now()
@@ -302,6 +305,7 @@ class Worker:
                 # Under the heartbeat: while this waits for the database, the lock stays fresh.
                 finished = await self._record(claim, result)
             await self._settle(claim, result, finished)
+            worker_observe.finished(claim, result, finished)
         except RetriesExhausted as error:
             # The database stayed away: the lock stays and goes stale, as when killed.
             log.error("task %s: outcome not recorded, %s", claim.task_id, error)
@@ -362,6 +366,7 @@ class Worker:
                 claim.task_id, plan.params, stage.name, index, attempt, outputs=dict(outputs)
             )
             meta = await self._run_stage(stage, context, last=index == len(plan.stages) - 1)
+            worker_observe.stage_done(claim, meta)
             if meta.status is StageStatus.ERROR:
                 return RunResult(Outcome.ERROR, f"stage {stage.name} failed: {meta.error}")
             outputs[stage.name] = meta.data or {}

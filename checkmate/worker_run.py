@@ -31,6 +31,7 @@ class Plan:
     stages: list[Stage] = field(default_factory=list)
     previous: dict[int, StageMetadata] = field(default_factory=dict)
     error: str | None = None
+    kind: str = ""
 
     def done_before(self, index: int) -> StageMetadata | None:
         """The metadata an earlier run left for stage `index`, if it is the same stage."""

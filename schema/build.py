@@ -15,6 +15,7 @@ from schema.compiled import CompiledReadsExecutionContext
 from schema.errors import ErrorCodes
 from schema.execution import PlainLeavesExecutionContext
 from schema.limits import Limits
+from schema.operations import OperationMetrics
 from schema.resolvers import Mutation, Query, Subscription
 
 # Distinct query texts a deployment sends are few (consoles, scripts); the bound keeps a client
@@ -59,6 +60,7 @@ def build_schema(
         subscription=Subscription,
         execution_context_class=context_class,
         extensions=[
+            OperationMetrics,
             # The token limit is a parse option: it must be set before the (cached) parse.
             *(limits or Limits()).extensions(),
             lambda: QueryParserCache(maxsize=CACHE_SIZE),

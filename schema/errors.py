@@ -11,14 +11,13 @@ from typing import Any
 
 from graphql import FieldNode, GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import SchemaExtension
-from strawberry.utils.str_converters import to_camel_case
 
 from checkmate.arguments import FILTER_FIELDS
 from checkmate.errors import Arg
 from checkmate.events import SubscriberLagging
 from checkmate.service import ServiceError
 from schema.limits import QUERY_TOO_COMPLEX, is_token_limit
-from schema.strawberry_view import InvalidOperationTypeError, PreExecutionError
+from schema.strawberry_view import InvalidOperationTypeError, PreExecutionError, to_camel_case
 
 log = logging.getLogger("checkmate.api")
 

@@ -31,11 +31,13 @@ from graphql import (
     GraphQLString,
     is_leaf_type,
 )
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.schema.schema_converter import GraphQLCoreConverter
-from strawberry.types.field import StrawberryField
 
 from schema.graphql_compat import Path
+from schema.strawberry_view import (
+    GraphQLCoreConverter,
+    StrawberryField,
+    StrawberryGraphQLCoreExecutionContext,
+)
 
 # (response key, read the value from the source, complete the value, non-null, list of leaves,
 #  list items non-null)

@@ -15,7 +15,10 @@ What is overridden, and why:
   renders as a GraphQL error (GraphQL-over-HTTP);
 - a mutation over GET gets GraphQL-over-HTTP's 405 (strawberry: 400);
 - the exceptions schema/errors.py codes (InvalidOperationTypeError, PreExecutionError);
-- `Info._raw_info`, graphql-core's resolve info behind strawberry's `Info`.
+- `Info._raw_info`, graphql-core's resolve info behind strawberry's `Info`;
+- for schema/execution.py's fast completion path: strawberry's execution context class, its
+  GraphQL-core converter (resolvers of plain fields) and StrawberryField; for schema/errors.py,
+  strawberry's own snake_case -> camelCase rule (so argument names read as in the schema).
 
 The version is checked (checkmate.versions) before any strawberry module is imported, so a
 release that moved one of them fails naming the tested range, not the missing module.
@@ -47,13 +50,17 @@ from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.types.execution import PreExecutionError
+from strawberry.types.field import StrawberryField
 from strawberry.types.graphql import OperationType
+from strawberry.utils.str_converters import to_camel_case
 
 from schema.access import ConnectionWatch, error_body
 from schema.context import GraphQLContext
@@ -65,13 +72,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TESTED_RANGE",
+    "GraphQLCoreConverter",
     "GraphQLView",
     "HTTPException",
     "InvalidOperationTypeError",
     "PreExecutionError",
+    "StrawberryField",
+    "StrawberryGraphQLCoreExecutionContext",
     "WebSocketDisconnected",
     "WebSocketOperation",
     "resolve_info",
+    "to_camel_case",
 ]
 
 

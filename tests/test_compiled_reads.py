@@ -75,30 +75,10 @@ CASES = [
     Case("task counts, typename", "{ taskCounts { __typename status n: count } }"),
     Case("task counts, filter", '{ taskCounts(filter: {tags: ["a"], cleaned: false}) '
                                 "{ count status } }"),
-    Case("fast leaves query of the query tests (metadata: ordinary)", """
-        query Q($skip: Boolean!) {
-          tasks(maxResults: 5) {
-            __typename
-            nodes {
-              __typename id status tags
-              renamed: name name
-              error @skip(if: $skip)
-              ...More
-              metadata { index status data startedAt }
-            }
-          }
-        }
-        fragment More on CheckMateTask { queue createdAt attempts cleaned startedAt }
-        """, {"skip": False}, compiled=False),
-    Case("narrowed reads query of the query tests", """
-        query Q($after: String) {
-          tasks(maxResults: 4, after: $after) {
-            nodes { id status st: status ...More ... on CheckMateTask { error attempts } }
-            pageInfo { hasNextPage endCursor }
-          }
-        }
-        fragment More on CheckMateTask { queue tags createdAt cleaned cleanedAt }
-        """, {"after": None}),
+    Case("fast leaves query of the query tests (metadata: ordinary)",
+         test_graphql_queries.FAST_LEAVES, {"skip": False}, compiled=False),
+    Case("narrowed reads query of the query tests", test_graphql_queries.NARROWED,
+         {"after": None}),
     Case("malformed id", '{ task(id: "not-a-uuid") { id } }', compiled=False),
     Case("maxResults over the cap", "{ tasks(maxResults: 10001) { nodes { id } } }",
          compiled=False),

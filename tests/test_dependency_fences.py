@@ -4,6 +4,7 @@ outside the tested range at import, and what it relies on still behaves as assum
 from __future__ import annotations
 
 import importlib
+import sys
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -26,6 +27,7 @@ from graphql import (
 )
 from obstore.exceptions import AlreadyExistsError
 
+import checkmate.db
 import checkmate.versions
 from checkmate import obstore_compat, pydantic_compat
 from checkmate.db import embedded_compat
@@ -225,3 +227,25 @@ async def test_obstore_local_store_layout(tmp_path: Path) -> None:
         await obstore.put_async(store, "tasks/a/lock", b"three", mode="create")
     assert not _write_local(str(tmp_path), "tasks/a/task.json", b"three", create=True)
     assert (tmp_path / "tasks/a/task.json").read_bytes() == b"one"
+
+
+def test_the_embedded_default_without_its_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `embedded` extra missing (its distribution not installed): one clear error when the
+    embedded server is needed, nothing before."""
+    from importlib.metadata import PackageNotFoundError
+
+    from checkmate.db.engine import EmbeddedUnavailable, resolve_database_url
+    from checkmate.settings import Settings
+
+    def missing(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.delitem(sys.modules, "checkmate.db.embedded_compat")
+    monkeypatch.delattr(checkmate.db, "embedded_compat")
+    monkeypatch.setattr(checkmate.versions, "version", missing)
+    with pytest.raises(EmbeddedUnavailable, match=r"pip install 'checkmate\[embedded\]'"):
+        resolve_database_url(Settings(database_url=None, data_dir=tmp_path))
+    configured = Settings(database_url="postgresql://db/x", data_dir=tmp_path)
+    assert resolve_database_url(configured) == "postgresql://db/x"

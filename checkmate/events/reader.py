@@ -44,10 +44,11 @@ events are still delivered to live subscribers, late and out of order (logged).
 
 Where a subscription may resume
 -------------------------------
-Pruning deletes a prefix of ids and always keeps the newest event (queries.delete_events_below),
-so the table holds every committed event from its oldest row on. A client's afterEventId N is an
-id it was delivered, so it was committed: N above the newest row cannot be from this database
-(restored, wiped: BAD_USER_INPUT), and N below the oldest row minus one means events after N
+Pruning deletes a prefix of ids and always keeps the newest event
+(checkmate.db.event_queries.delete_events_below), so the table holds every committed event from
+its oldest row on. A client's afterEventId N is an id it was delivered, so it was committed: N
+above the newest row cannot be from this database (restored, wiped: BAD_USER_INPUT), and N below
+the oldest row minus one means events after N
 were deleted (EVENTS_PRUNED: reload, then subscribe without afterEventId).
 """
 
