@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +21,7 @@ import orjson
 from starlette.requests import Request
 
 from bench.bench_reads import DATABASE, QUEUES
-from bench.databases import database_url, fresh_database
+from bench.databases import add_database_url, database_url, fresh_database
 from bench.seed import seed
 from checkmate.settings import Settings
 from schema.context import GraphQLContext
@@ -98,12 +97,7 @@ async def run(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     parser.add_argument("--seed", action="store_true",
                         help="its own small database (default: bench_reads' database)")
     asyncio.run(run(parser.parse_args(argv)))

@@ -37,7 +37,7 @@ import asyncpg
 import httpx
 
 from bench.bench_api import _free_port, wait_ready
-from bench.databases import existing_database
+from bench.databases import add_database_url, existing_database
 from bench.seed import seed
 from checkmate.db.engine import asyncpg_dsn
 
@@ -366,13 +366,7 @@ def write_report(path: Path, lines: list[str], command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a server's maintenance database; the bench uses its own database on it",
-    )
+    add_database_url(parser)
     parser.add_argument("--store-dir", default="/tmp/checkmate-bench-reads-store")
     parser.add_argument("--objects-for", type=int, default=600,
                         help="newest tasks with store objects (every sixth is COMPLETED)")

@@ -26,7 +26,7 @@ import httpx
 from moto.server import ThreadedMotoServer
 
 from bench.bench_api import _free_port
-from bench.databases import fresh_database
+from bench.databases import add_database_url, fresh_database
 from bench.seed import seed
 from checkmate.db.engine import asyncpg_dsn
 from checkmate.models import StageStatus
@@ -148,12 +148,7 @@ async def run(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_url(parser)
     asyncio.run(run(parser.parse_args(argv)))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+
 import asyncpg
 from sqlalchemy.engine import make_url
 
@@ -54,3 +57,15 @@ async def existing_database(server_url: str, name: str) -> str:
     url = database_url(server_url, name)
     await migrate(url)
     return url
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    """--database-url: a server's maintenance database (CHECKMATE_BENCH_DATABASE_URL, else the
+    machine's PostgreSQL on 127.0.0.1); a bench works in its own database on it."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a server's maintenance database; the bench uses its own database on it",
+    )
