@@ -345,7 +345,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     # Origins are checked by OriginPolicy, for websockets too: strawberry's own check is off.
     graphql = GraphQLRouter(
-        build_schema(limits=Limits.from_settings(settings)),
+        build_schema(
+            limits=Limits.from_settings(settings), compiled_reads=settings.compiled_reads
+        ),
         keep_alive=True,
         keep_alive_interval=15,
         allowed_origins=("*",),

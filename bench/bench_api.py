@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.databases import admin, database_url, migrate
+from bench.databases import add_database_url, existing_database
 from bench.seed import seed
 from checkmate.access import AccessControl
 from checkmate.db.engine import asyncpg_dsn, create_engine
@@ -45,15 +45,7 @@ BIG = f"{{ tasks(maxResults: 10000) {{ nodes {{ {SCALARS} }} }} }}"
 
 async def prepare(server_url: str, rows: int, store_url: str, objects_for: int) -> str:
     """The bench database with `rows` tasks (seeded once, reused while the count matches)."""
-    url = database_url(server_url, DATABASE)
-    conn = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-    finally:
-        await conn.close()
-    if not exists:
-        await admin(server_url, f'CREATE DATABASE "{DATABASE}"')
-    await migrate(url)
+    url = await existing_database(server_url, DATABASE)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         count = await conn.fetchval("SELECT count(*) FROM tasks")
@@ -240,13 +232,7 @@ async def run(args: argparse.Namespace, store_url: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a server's maintenance database; the bench uses its own database on it",
-    )
+    add_database_url(parser)
     parser.add_argument("--store-dir", default="/tmp/checkmate-bench-api-store")
     parser.add_argument("--objects-for", type=int, default=200,
                         help="newest tasks that get store objects (metadata)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+
 import asyncpg
 from sqlalchemy.engine import make_url
 
@@ -40,3 +43,29 @@ async def fresh_database(server_url: str, name: str, *, migrated: bool = True) -
     if migrated:
         await migrate(url)
     return url
+
+
+async def existing_database(server_url: str, name: str) -> str:
+    """Database `name`, created if missing, migrated; its URL (what it holds is kept)."""
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    if not exists:
+        await admin(server_url, f'CREATE DATABASE "{name}"')
+    url = database_url(server_url, name)
+    await migrate(url)
+    return url
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    """--database-url: a server's maintenance database (CHECKMATE_BENCH_DATABASE_URL, else the
+    machine's PostgreSQL on 127.0.0.1); a bench works in its own database on it."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "CHECKMATE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a server's maintenance database; the bench uses its own database on it",
+    )

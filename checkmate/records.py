@@ -39,8 +39,14 @@ _TASK_DEFAULTS: dict[str, Any] = {
 _KEY_COLUMNS = ("id", "created_at")
 
 
+# What stage metadata is cached under (checkmate.stage_cache.version_of).
+_VERSION_COLUMNS = ("status", "updated_at", "attempts", "cleaned")
+
+
 def columns_for(fields: Collection[str]) -> list[str]:
     wanted = set(fields) | set(_KEY_COLUMNS)
+    if "metadata" in wanted or "stage_status" in wanted:
+        wanted.update(_VERSION_COLUMNS)
     return [name for name in queries.TASK_COLUMN_NAMES if name in wanted]
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 from uuid import UUID, uuid4
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -42,10 +42,12 @@ from checkmate.models import (
 from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
 from checkmate.selection import BatchOptions, Selection, describe
 from checkmate.settings import Settings, get_settings
+from checkmate.stage_cache import StageCache, Version
 from checkmate.store import TaskStore
 from checkmate.tasks import TaskKindError, get_kind, import_task_modules
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = [
     "BatchOptions",
@@ -88,6 +90,7 @@ class CheckMateService:
         self.store = store
         self.settings = settings
         self.database_url = database_url
+        self.stage_cache = StageCache(settings.stage_cache_size)
         metrics.track_pool(engine)
 
     @classmethod
@@ -131,10 +134,11 @@ class CheckMateService:
         keyset = None if after is None else decode_cursor(after)
         with_objects = arguments.flag("include_metadata", include_metadata)
         columns = None if fields is None else columns_for(arguments.texts("fields", fields) or ())
-        async with self._connect() as conn:
-            rows = await queries.select_tasks(
+        rows = await self._read(
+            lambda conn: queries.select_tasks(
                 conn, checked, sort=order, limit=limit + 1, after=keyset, columns=columns
             )
+        )
         tasks = tasks_from_rows(rows[:limit])
         if with_objects:
             await self._attach_objects(tasks)
@@ -176,15 +180,13 @@ class CheckMateService:
 
     async def count(self, task_filter: TaskFilter | None = None) -> int:
         checked = arguments.checked_filter(task_filter)
-        async with self._connect() as conn:
-            return await queries.count_tasks(conn, checked)
+        return await self._read(lambda conn: queries.count_tasks(conn, checked))
 
     async def count_by_status(
         self, task_filter: TaskFilter | None = None
     ) -> dict[StageStatus, int]:
         checked = arguments.checked_filter(task_filter)
-        async with self._connect() as conn:
-            counts = await queries.count_tasks_by_status(conn, checked)
+        counts = await self._read(lambda conn: queries.count_tasks_by_status(conn, checked))
         return {StageStatus(status): count for status, count in counts}
 
     async def find(
@@ -193,8 +195,7 @@ class CheckMateService:
         """The task, or None when no task has that id; ServiceError for a malformed id."""
         parsed = arguments.task_id(task_id)
         with_objects = arguments.flag("include_metadata", include_metadata)
-        async with self._connect() as conn:
-            row = await queries.select_task(conn, parsed)
+        row = await self._read(lambda conn: queries.select_task(conn, parsed))
         if row is None:
             return None
         [task] = tasks_from_rows([row])
@@ -210,24 +211,40 @@ class CheckMateService:
         return task
 
     async def read_objects(
-        self, task_ids: Sequence[UUID], parts: Collection[ObjectPart] = OBJECT_PARTS
+        self,
+        task_ids: Sequence[UUID],
+        parts: Collection[ObjectPart] = OBJECT_PARTS,
+        versions: Mapping[UUID, Version] | None = None,
     ) -> dict[UUID, TaskObjects | BaseException]:
         """Store objects of many tasks, read concurrently; a failed read is returned, not raised.
         Only the `parts` asked for are read (each costs store requests: params the task object,
         metadata a listing and one read per stage, lock one read); the others come back empty
-        (params None, metadata [], lock None)."""
+        (params None, metadata [], lock None). `versions`: the record versions
+        (stage_cache.version_of) of tasks whose metadata may be served from the cache."""
         arguments.one_of("parts", parts, OBJECT_PARTS)
         ids = [arguments.task_id(task_id, "task_ids") for task_id in task_ids]
+        objects: dict[UUID, TaskObjects | BaseException] = {}
+        cache = self.stage_cache
+        if versions and set(parts) == {"metadata"}:
+            # Metadata of COMPLETED tasks is final (checkmate.stage_cache): read it once.
+            for task_id in ids:
+                version = versions.get(task_id)
+                cached = None if version is None else cache.get(task_id, version)
+                if cached is not None:
+                    objects[task_id] = TaskObjects(None, cached, None)
+            ids = [task_id for task_id in ids if task_id not in objects]
         found = await self.store.read_many(
             ids, task="params" in parts, stages="metadata" in parts, lock="lock" in parts
         )
         now = datetime.now(UTC)
-        objects: dict[UUID, TaskObjects | BaseException] = {}
         for task_id, result in found.items():
             if isinstance(result, BaseException):
                 objects[task_id] = result
                 continue
             task_object, metadata, lock = result
+            version = versions.get(task_id) if versions else None
+            if version is not None and "metadata" in parts:
+                cache.put(task_id, version, metadata)
             if lock is not None:
                 lock.stale = lock.is_stale(now, self.settings.lock_timeout)
             objects[task_id] = TaskObjects(
@@ -377,9 +394,13 @@ class CheckMateService:
             task_ids, task_filter, sort=sort, max_results=max_results, **filters
         )
         options = BatchOptions.build(dry_run=dry_run, db_transact=db_transact)
-        return await self.run_batch(
+        results = await self.run_batch(
             BatchAction.CLEAN, selection, options, actor=actor, reason=reason
         )
+        if not options.dry_run:
+            # Their objects may be gone even where the record update failed (stage_cache).
+            self.stage_cache.evict(UUID(str(result.task_id)) for part in results for result in part)
+        return results
 
     async def invoke(
         self,
@@ -469,6 +490,9 @@ class CheckMateService:
             max_results=arguments.max_results(max_results, self.settings.max_results_cap),
             after=arguments.optional_text("after", after),
         )
+
+    async def _read(self, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        return await self.database.read(read)
 
     def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return self.database.connect()

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     token_cache_ttl: float = Field(
         2.0, gt=0, le=60, description="Seconds a process trusts its snapshot of the tokens."
     )
+    stage_cache_size: int = Field(
+        10_000, ge=0, description="COMPLETED tasks whose stage metadata is kept in memory."
+    )
+    compiled_reads: bool = Field(
+        True, description="Answer plain-column reads with SQL-built JSON (schema.compiled)."
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest HTTP request body.")
     max_query_depth: int = Field(10, ge=1, description="Deepest field nesting of an operation.")
     max_aliases: int = Field(30, ge=0, description="Most aliased fields in one document.")

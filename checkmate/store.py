@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # A task's objects as read_many returns them: task object, stage metadata, lock.
 TaskParts = tuple["TaskObject | None", "list[StageMetadata]", "TaskLock | None"]
+
+
+# S3's DeleteObjects takes at most 1,000 keys a request.
+BULK_DELETE_KEYS = 1000
 
 
 class StoreError(Exception):
@@ -208,12 +212,21 @@ class TaskStore:
                     os.unlink(os.path.join(self._inline_root, path))
             return
 
-        async def delete(path: str) -> None:
-            with contextlib.suppress(NotFoundError, FileNotFoundError):
-                await obstore.delete_async(self.store, path)
+        async def delete(chunk: list[str]) -> None:
+            try:
+                # One request per chunk on S3 (DeleteObjects), where a missing key is no error.
+                await obstore.delete_async(self.store, chunk)
+            except (NotFoundError, FileNotFoundError):
+                # A local folder reports a missing file (having deleted the others).
+                for path in chunk:
+                    with contextlib.suppress(NotFoundError, FileNotFoundError):
+                        await obstore.delete_async(self.store, path)
 
-        for path in paths:
-            await self._retrying(functools.partial(delete, path))
+        # A bulk delete is idempotent: safe to retry whole.
+        for start in range(0, len(paths), BULK_DELETE_KEYS):
+            await self._retrying(
+                functools.partial(delete, paths[start : start + BULK_DELETE_KEYS])
+            )
 
     async def ping(self) -> None:
         """Raise if the store cannot be listed (used by readiness checks)."""
@@ -261,12 +274,42 @@ class TaskStore:
         await self._delete([lock_path(task_id)])
 
     async def delete_task(self, task_id: UUID) -> None:
-        """Delete every object of the task: stage metadata first, the task object last, so that
-        an interrupted delete still shows a task object while anything else is left."""
-        paths = await self._list(f"{task_prefix(task_id)}/")
-        last = task_path(task_id)
-        await self._delete([path for path in paths if path != last])
-        await self._delete([last])
+        """Delete every object of the task (see delete_tasks)."""
+        failed = await self.delete_tasks([task_id])
+        if task_id in failed:
+            raise failed[task_id]
+
+    async def delete_locks(self, task_ids: Sequence[UUID]) -> None:
+        """The lock objects of many tasks, in bulk (1,000 a request on S3)."""
+        await self._delete([lock_path(task_id) for task_id in task_ids])
+
+    async def delete_tasks(self, task_ids: Sequence[UUID]) -> dict[UUID, BaseException]:
+        """Delete every object of these tasks; return the tasks whose delete failed, with why.
+        Each task's prefix is listed (a worker writes the stages its task kind has when it runs,
+        which need not be the task object's stage plan, so the plan cannot name them all); then
+        two bulk rounds: everything but the task objects, then the task objects. A delete cut
+        short still shows a task object while anything else of the task is left."""
+        listed = await self.for_each(task_ids, self._paths)
+        failed: dict[UUID, BaseException] = {
+            tid: error for tid, error in listed.items() if isinstance(error, BaseException)
+        }
+        kept = [task_id for task_id in task_ids if task_id not in failed]
+        last = {task_id: task_path(task_id) for task_id in kept}
+        paths = {
+            tid: found for tid, found in listed.items() if not isinstance(found, BaseException)
+        }
+        try:
+            await self._delete(
+                [path for tid, found in paths.items() for path in found if path != last[tid]]
+            )
+            await self._delete(list(last.values()))
+        except Exception as error:
+            failed.update(dict.fromkeys(kept, error))
+        return failed
+
+    async def _paths(self, task_id: UUID) -> list[str]:
+        prefix = f"{task_prefix(task_id)}/"
+        return await self._list(prefix)
 
     async def read_many(
         self, task_ids: Iterable[UUID], *, task: bool, stages: bool, lock: bool

@@ -11,6 +11,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 
 from schema.access import SubscriptionsOverWebsockets
+from schema.compiled import CompiledReadsExecutionContext
 from schema.errors import ErrorCodes
 from schema.execution import PlainLeavesExecutionContext
 from schema.limits import Limits
@@ -42,14 +43,22 @@ class CheckMateSchema(strawberry.Schema):
         return
 
 
-def build_schema(*, fast_leaves: bool = True, limits: Limits | None = None) -> CheckMateSchema:
+def build_schema(
+    *, fast_leaves: bool = True, limits: Limits | None = None, compiled_reads: bool = True
+) -> CheckMateSchema:
     """fast_leaves=False: graphql-core's own completion of every field (tests compare);
-    limits: what one document may cost (the defaults when not given)."""
+    limits: what one document may cost (the defaults when not given); compiled_reads=False:
+    no read answered by SQL-built JSON (schema.compiled; tests compare)."""
+    context_class: Any = None
+    if fast_leaves:
+        context_class = (
+            CompiledReadsExecutionContext if compiled_reads else PlainLeavesExecutionContext
+        )
     return CheckMateSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        execution_context_class=PlainLeavesExecutionContext if fast_leaves else None,
+        execution_context_class=context_class,
         extensions=[
             OperationMetrics,
             # The token limit is a parse option: it must be set before the (cached) parse.

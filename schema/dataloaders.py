@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -11,6 +11,7 @@ from strawberry.dataloader import DataLoader
 
 from checkmate.models import CheckMateTask, TaskFilter
 from checkmate.service import OBJECT_PARTS, ObjectPart, ServiceError, TaskObjects
+from checkmate.stage_cache import Version, version_of
 
 if TYPE_CHECKING:
     from checkmate.service import CheckMateService
@@ -33,6 +34,14 @@ class Loaders:
         self.tasks: DataLoader[UUID, CheckMateTask | None] = DataLoader(
             self._load_tasks, cache=cache
         )
+        # Record versions of the tasks whose metadata is asked for (checkmate.stage_cache).
+        self.versions: dict[UUID, Version] = {}
+
+    def load_metadata(self, task: CheckMateTask) -> Awaitable[TaskObjects]:
+        version = version_of(task.status, task.updated_at, task.attempts, task.cleaned)
+        if version is not None:
+            self.versions[task.id] = version
+        return self.objects.load((task.id, "metadata"))
 
     def prime_objects(self, task_id: UUID, objects: TaskObjects) -> None:
         for part in OBJECT_PARTS:
@@ -43,7 +52,9 @@ class Loaders:
         # same few for every task of a page).
         task_ids = list(dict.fromkeys(task_id for task_id, _ in keys))
         parts = {part for _, part in keys}
-        found = await self._service.read_objects(task_ids, parts)
+        # Taken out as used: a websocket's loaders live as long as its connection.
+        versions = {tid: self.versions.pop(tid) for tid in task_ids if tid in self.versions}
+        found = await self._service.read_objects(task_ids, parts, versions)
         return [_objects_or_error(task_id, found[task_id]) for task_id, _ in keys]
 
     async def _load_tasks(self, task_ids: list[UUID]) -> Sequence[CheckMateTask | None]:

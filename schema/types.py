@@ -112,7 +112,8 @@ class CheckMateTask:
         )
     )
     async def metadata(self, info: Ctx) -> list[StageMetadata] | None:
-        return cast(list[StageMetadata], (await _objects(info, self.id, "metadata")).metadata)
+        objects = await info.context.loaders.load_metadata(cast(models.CheckMateTask, self))
+        return cast(list[StageMetadata], objects.metadata)
 
     @strawberry.field(
         description=(
@@ -129,7 +130,9 @@ class CheckMateTask:
 
     @strawberry.field(description="Status of the latest stage that left metadata.")
     async def stage_status(self, info: Ctx) -> StageStatus | None:
-        metadata = (await _objects(info, self.id, "metadata")).metadata
+        metadata = (
+            await info.context.loaders.load_metadata(cast(models.CheckMateTask, self))
+        ).metadata
         return metadata[-1].status if metadata else None
 
 

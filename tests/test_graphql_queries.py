@@ -43,6 +43,32 @@ query Objects($max: Int) {
 }
 """
 
+FAST_LEAVES = """
+query Q($skip: Boolean!) {
+  tasks(maxResults: 5) {
+    __typename
+    nodes {
+      __typename id status tags
+      renamed: name name
+      error @skip(if: $skip)
+      ...More
+      metadata { index status data startedAt }
+    }
+  }
+}
+fragment More on CheckMateTask { queue createdAt attempts cleaned startedAt }
+"""
+
+NARROWED = """
+query Q($after: String) {
+  tasks(maxResults: 4, after: $after) {
+    nodes { id status st: status ...More ... on CheckMateTask { error attempts } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+fragment More on CheckMateTask { queue tags createdAt cleaned cleanedAt }
+"""
+
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
@@ -301,21 +327,7 @@ async def test_fast_leaf_completion_answers_exactly_like_graphql_core(
     ids = await insert_tasks(raw_conn, 12, tags=(("a", "b"), ()), statuses=("CREATED", "ERROR"))
     await store.put_stage(ids[-1], StageMetadata(index=0, name="s", status=StageStatus.ERROR,
                                                  data={"k": [1, None]}))
-    query = """
-    query Q($skip: Boolean!) {
-      tasks(maxResults: 5) {
-        __typename
-        nodes {
-          __typename id status tags
-          renamed: name name
-          error @skip(if: $skip)
-          ...More
-          metadata { index status data startedAt }
-        }
-      }
-    }
-    fragment More on CheckMateTask { queue createdAt attempts cleaned startedAt }
-    """
+    query = FAST_LEAVES
     ordinary = build_schema(fast_leaves=False)
     for skip in (True, False):
         context = GraphQLContext(service=api.service, hub=None, request_id="t")
@@ -340,15 +352,7 @@ async def test_plain_node_lists_and_narrowed_reads_answer_exactly_like_graphql_c
         queues=("default", "gpu"), cleaned_every=3,
     )
     await raw_conn.execute("UPDATE tasks SET error = 'boom', attempts = 2 WHERE status = 'ERROR'")
-    query = """
-    query Q($after: String) {
-      tasks(maxResults: 4, after: $after) {
-        nodes { id status st: status ...More ... on CheckMateTask { error attempts } }
-        pageInfo { hasNextPage endCursor }
-      }
-    }
-    fragment More on CheckMateTask { queue tags createdAt cleaned cleanedAt }
-    """
+    query = NARROWED
     ordinary = build_schema(fast_leaves=False)
     after = None
     seen = 0

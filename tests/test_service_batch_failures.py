@@ -3,6 +3,7 @@ clean's crash window (objects deleted, record not yet marked) healed by the next
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
@@ -35,11 +36,12 @@ class FailingDeleteStore(TaskStore):
         super().__init__(inner.store)
         self.fail_for = fail_for
 
-    async def delete_task(self, task_id: UUID) -> None:
-        if task_id == self.fail_for:
-            await obstore.delete_async(self.store, stage_path(task_id, 0, "stage-1"))
-            raise StoreError("injected: store unavailable")
-        await super().delete_task(task_id)
+    async def delete_tasks(self, task_ids: Sequence[UUID]) -> dict[UUID, BaseException]:
+        failed = await super().delete_tasks([i for i in task_ids if i != self.fail_for])
+        if self.fail_for in task_ids:
+            await obstore.delete_async(self.store, stage_path(self.fail_for, 0, "stage-1"))
+            failed[self.fail_for] = StoreError("injected: store unavailable")
+        return failed
 
 
 @pytest.fixture

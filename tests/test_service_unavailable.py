@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -56,3 +58,29 @@ async def test_an_unreachable_database_is_unavailable_and_create_leaves_no_objec
         assert not any((tmp_path / "store").rglob("task.json"))
     finally:
         await service.close()
+
+
+async def test_reads_on_dropped_pooled_connections_retry_once_on_a_fresh_one(
+    service: CheckMateService, raw_conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checkout does not ping: the first read on a dropped connection fails, and runs again."""
+    assert not service.engine.pool._pre_ping  # the point: no round trip at checkout
+    task = await service.create("demo.pipeline")
+    # Fill the pool with several connections, then have the server drop them all.
+    await asyncio.gather(*(service.count() for _ in range(4)))
+    for read in (
+        lambda: service.page(max_results=5),
+        lambda: service.count(),
+        lambda: service.count_by_status(),
+        lambda: service.find(task.id, include_metadata=False),
+    ):
+        killed = await raw_conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert killed >= 1
+        with caplog.at_level(logging.INFO, logger="checkmate.db.database"):
+            assert await read()
+    # A connection asyncpg already saw closed is replaced at checkout; one it did not see
+    # closed fails its statement, and that read ran again.
+    assert "dropped; the read runs again" in caplog.text

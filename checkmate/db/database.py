@@ -19,9 +19,10 @@ themselves (a constraint, a missing table) pass through unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from checkmate.db.engine import asyncpg_dsn, create_engine
 from checkmate.errors import ServiceError
 from checkmate.retry import connection_lost
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 UNREACHABLE_MESSAGE = "the database is unreachable; retry shortly"
 
@@ -83,6 +87,22 @@ class Database:
             if not is_unreachable(error):
                 raise
             raise unavailable() from error
+
+    async def read(self, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run a read; once more on a fresh connection if its pooled one turned out dropped.
+        Checkout does not ping (engine.py: no round trip per request), so a connection the
+        server closed since (restart, pg_terminate_backend, idle timeout) fails on first use;
+        SQLAlchemy then invalidates the whole pool, and the retry connects anew."""
+        try:
+            async with self.connect() as conn:
+                return await read(conn)
+        except ServiceError as error:
+            cause = error.__cause__
+            if not (isinstance(cause, DBAPIError) and cause.connection_invalidated):
+                raise
+            log.info("a pooled connection was dropped; the read runs again on a fresh one")
+        async with self.connect() as conn:
+            return await read(conn)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

@@ -105,7 +105,9 @@ def create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping at checkout (a round trip per request): reads retry once on a fresh
+        # connection when theirs was dropped (CheckMateService._read).
+        pool_pre_ping=False,
         # Statements are built per call (arrays of ids of any length); asyncpg's own prepared
         # statement cache is what makes repeats cheap.
         query_cache_size=1200,
