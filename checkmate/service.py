@@ -11,9 +11,8 @@ import builtins
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 from uuid import UUID, uuid4
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,13 +31,12 @@ from checkmate.errors import Arg, ServiceError
 from checkmate.models import (
     CheckMateTask,
     SortOrder,
-    StageMetadata,
     StageStatus,
     TaskFilter,
-    TaskLock,
     TaskObject,
     TaskPage,
 )
+from checkmate.objects import OBJECT_PARTS, ObjectPart, ObjectReader, TaskObjects
 from checkmate.records import columns_for, decode_cursor, encode_cursor, tasks_from_rows
 from checkmate.selection import BatchOptions, Selection, describe
 from checkmate.settings import Settings, get_settings
@@ -55,26 +53,8 @@ __all__ = [
     "CheckMateService",
     "Selection",
     "ServiceError",
-    "TaskObjects",
     "service_context",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskObjects:
-    """What the store holds for one task: its params, stage metadata and lock."""
-
-    params: dict[str, Any] | None
-    metadata: list[StageMetadata]
-    lock: TaskLock | None
-
-    @property
-    def lock_detected(self) -> bool:
-        return self.lock is not None
-
-
-ObjectPart = Literal["params", "metadata", "lock"]
-OBJECT_PARTS: frozenset[ObjectPart] = frozenset(("params", "metadata", "lock"))
 
 
 class CheckMateService:
@@ -91,6 +71,7 @@ class CheckMateService:
         self.settings = settings
         self.database_url = database_url
         self.stage_cache = StageCache(settings.stage_cache_size)
+        self.objects = ObjectReader(store, self.stage_cache, settings.lock_timeout)
         metrics.track_pool(engine)
 
     @classmethod
@@ -141,7 +122,7 @@ class CheckMateService:
         )
         tasks = tasks_from_rows(rows[:limit])
         if with_objects:
-            await self._attach_objects(tasks)
+            await self.objects.attach(tasks)
         return TaskPage(
             tasks=tasks,
             end_cursor=encode_cursor(tasks[-1]) if tasks else None,
@@ -200,7 +181,7 @@ class CheckMateService:
             return None
         [task] = tasks_from_rows([row])
         if with_objects:
-            await self._attach_objects([task])
+            await self.objects.attach([task])
         return task
 
     async def get(self, task_id: str | UUID, include_metadata: bool = True) -> CheckMateTask:
@@ -216,54 +197,8 @@ class CheckMateService:
         parts: Collection[ObjectPart] = OBJECT_PARTS,
         versions: Mapping[UUID, Version] | None = None,
     ) -> dict[UUID, TaskObjects | BaseException]:
-        """Store objects of many tasks, read concurrently; a failed read is returned, not raised.
-        Only the `parts` asked for are read (each costs store requests: params the task object,
-        metadata a listing and one read per stage, lock one read); the others come back empty
-        (params None, metadata [], lock None). `versions`: the record versions
-        (stage_cache.version_of) of tasks whose metadata may be served from the cache."""
-        arguments.one_of("parts", parts, OBJECT_PARTS)
-        ids = [arguments.task_id(task_id, "task_ids") for task_id in task_ids]
-        objects: dict[UUID, TaskObjects | BaseException] = {}
-        cache = self.stage_cache
-        if versions and set(parts) == {"metadata"}:
-            # Metadata of COMPLETED tasks is final (checkmate.stage_cache): read it once.
-            for task_id in ids:
-                version = versions.get(task_id)
-                cached = None if version is None else cache.get(task_id, version)
-                if cached is not None:
-                    objects[task_id] = TaskObjects(None, cached, None)
-            ids = [task_id for task_id in ids if task_id not in objects]
-        found = await self.store.read_many(
-            ids, task="params" in parts, stages="metadata" in parts, lock="lock" in parts
-        )
-        now = datetime.now(UTC)
-        for task_id, result in found.items():
-            if isinstance(result, BaseException):
-                objects[task_id] = result
-                continue
-            task_object, metadata, lock = result
-            version = versions.get(task_id) if versions else None
-            if version is not None and "metadata" in parts:
-                cache.put(task_id, version, metadata)
-            if lock is not None:
-                lock.stale = lock.is_stale(now, self.settings.lock_timeout)
-            objects[task_id] = TaskObjects(
-                task_object.params if task_object else None, metadata, lock
-            )
-        return objects
-
-    async def _attach_objects(self, tasks: Sequence[CheckMateTask]) -> None:
-        objects = await self.read_objects([task.id for task in tasks])
-        for task in tasks:
-            found = objects[task.id]
-            if isinstance(found, BaseException):
-                log.warning("store read failed for task %s: %s", task.id, found)
-                continue
-            task.params = found.params
-            task.metadata = found.metadata
-            task.lock = found.lock
-            task.lock_detected = found.lock_detected
-            task.stage_status = found.metadata[-1].status if found.metadata else None
+        """Store objects of many tasks (checkmate.objects.ObjectReader.read says how)."""
+        return await self.objects.read(task_ids, parts, versions)
 
     async def ping(self) -> None:
         """Raise ServiceError(UNAVAILABLE) when the database does not answer (readiness)."""

@@ -10,7 +10,8 @@ from uuid import UUID
 from strawberry.dataloader import DataLoader
 
 from checkmate.models import CheckMateTask, TaskFilter
-from checkmate.service import OBJECT_PARTS, ObjectPart, ServiceError, TaskObjects
+from checkmate.objects import OBJECT_PARTS, ObjectPart, TaskObjects
+from checkmate.service import ServiceError
 from checkmate.stage_cache import Version, version_of
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from checkmate.actions import BatchAction
 from checkmate.models import StageStatus as Status
 from checkmate.models import StatusEvent
 from checkmate.models import TaskFilter as ModelFilter
-from checkmate.service import BatchResults, ServiceError, TaskObjects
+from checkmate.objects import TaskObjects
+from checkmate.service import BatchResults, ServiceError
 from schema.access import ALLOWED
 from schema.audit import AuditQuery
 from schema.broadcast import current_sink

@@ -12,7 +12,8 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from checkmate import actions, models
-from checkmate.service import ObjectPart, ServiceError, TaskObjects
+from checkmate.objects import ObjectPart, TaskObjects
+from checkmate.service import ServiceError
 from schema.context import GraphQLContext
 
 # The service's own enums become the GraphQL enums (registered on the classes themselves), so
