@@ -94,8 +94,6 @@ class CheckMateService:
         if self.settings.database_url is None:
             await asyncio.to_thread(stop_embedded, self.settings.resolved_data_dir)
 
-    # --- reads -----------------------------------------------------------------------------
-
     async def page(
         self,
         task_filter: TaskFilter | None = None,

@@ -54,10 +54,6 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Worker:
     """Claims tasks of `queues` and runs at most `concurrency` of them at a time."""
 
@@ -275,7 +271,7 @@ class Worker:
         return Plan(task_object.params, stages, previous_by_index, kind=task_object.name)
 
     async def _create_locks(self, task_ids: Sequence[UUID]) -> list[tuple[UUID, TaskLock]]:
-        acquired_at = _now()
+        acquired_at = datetime.now(UTC)
         lock = TaskLock(
             owner=self.name,
             host=socket.gethostname(),
@@ -381,7 +377,7 @@ class Worker:
 
     async def _run_stage(self, stage: Stage, ctx: StageContext, *, last: bool) -> StageMetadata:
         """Run one stage; its metadata object is written when it starts and when it ends."""
-        started = _now()
+        started = datetime.now(UTC)
         meta = StageMetadata(
             index=ctx.index,
             name=stage.name,
@@ -401,7 +397,8 @@ class Worker:
                 "traceback": traceback.format_exc(),
                 "data": stage_data(None, ctx.recorded),
             }
-        update |= {"finished_at": _now(), "duration_seconds": time.perf_counter() - clock}
+        elapsed = time.perf_counter() - clock
+        update |= {"finished_at": datetime.now(UTC), "duration_seconds": elapsed}
         meta = meta.model_copy(update=update)
         if last or meta.status is StageStatus.ERROR:
             # The task's last stage code has run: the next claim's first round trip overlaps
