@@ -20,6 +20,7 @@ from checkmate.service import CheckMateService
 from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from schema.execution import FAST_PATH
+from tests.graphql_helpers import Api, running_api
 from tests.worker_support import start_worker  # noqa: F401  (a fixture for the worker tests)
 
 TEMPLATE = f"checkmate_template_{os.getpid()}"
@@ -112,3 +113,10 @@ def fast_path_faults_fail_the_test() -> Iterator[None]:
     before = FAST_PATH.errors
     yield
     assert FAST_PATH.errors == before, "the fast completion path failed (see the warning log)"
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    """The app over real HTTP (httpx's ASGI transport, lifespan included)."""
+    async with running_api(settings) as api:
+        yield api

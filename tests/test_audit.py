@@ -4,7 +4,6 @@ effect, none for dry runs; auditLog's order, filters, pages and role."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
@@ -14,10 +13,9 @@ import pytest
 from checkmate.access import AccessControl
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService, ServiceError
-from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, make_tasks
-from tests.graphql_helpers import Api, running_api
+from tests.graphql_helpers import Api
 
 S = StageStatus
 AUDIT = """
@@ -27,12 +25,6 @@ query($filter: AuditFilter, $max: Int, $after: String) {
     pageInfo { hasNextPage endCursor }
   }
 }"""
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 async def rows(raw_conn: asyncpg.Connection) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ refused before any SQL statement runs."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -14,21 +14,14 @@ import pytest
 from sqlalchemy import event
 
 from checkmate.models import StageStatus
-from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, dump_database, dump_store, make_tasks
-from tests.graphql_helpers import Api, insert_tasks, running_api
+from tests.graphql_helpers import Api, insert_tasks
 
 NUL = "a\x00b"
 TASKS = "query($v: String!) { tasks(filter: {%s}) { nodes { id } } }"
 CREATE = "mutation($input: CreateTaskInput!) { createTask(input: $input) { id } }"
 BATCH = "mutation($v: %s) { %s(%s, dryRun: false) { succeeded { taskId } } }"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 @pytest.fixture

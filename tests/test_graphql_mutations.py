@@ -3,7 +3,6 @@ as the real run) and real, with ids that do not exist and with bad selections.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -11,10 +10,9 @@ import asyncpg
 import pytest
 
 from checkmate.models import StageStatus
-from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, dump_database, dump_store, make_tasks, record
-from tests.graphql_helpers import Api, running_api
+from tests.graphql_helpers import Api
 
 OUTCOME = """
   action dryRun
@@ -30,12 +28,6 @@ mutation Batch($ids: [ID!], $filter: TaskFilter, $dry: Boolean, $max: Int) {{
     {OUTCOME}
   }}
 }}"""
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 def _by_id(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,6 @@ store-backed fields, error codes, and how many SQL statements a page costs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -14,11 +13,10 @@ import pytest
 from sqlalchemy import event
 
 from checkmate.models import StageMetadata, StageStatus, TaskLock
-from checkmate.settings import Settings
 from checkmate.store import TaskStore, stage_path
 from schema import build_schema, schema
 from schema.context import GraphQLContext
-from tests.graphql_helpers import Api, insert_tasks, running_api
+from tests.graphql_helpers import Api, insert_tasks
 
 PAGE = """
 query Page($filter: TaskFilter, $sort: SortOrder, $max: Int, $after: String) {
@@ -68,12 +66,6 @@ query Q($after: String) {
 }
 fragment More on CheckMateTask { queue tags createdAt cleaned cleanedAt }
 """
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 async def _ids(api: Api, **variables: Any) -> list[str]:

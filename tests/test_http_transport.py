@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from checkmate.settings import Settings
-from tests.graphql_helpers import Api, running_api
+from tests.graphql_helpers import Api
 
 JSON = "application/json"
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 QUERY = "{ taskCounts { count } }"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 def post(body: str, content_type: str | None = JSON, **headers: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@ health, readiness, metrics, and error codes for failures outside the user's cont
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -22,12 +21,6 @@ from server import response_media_type
 from tests.graphql_helpers import Api, insert_tasks, running_api
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 async def test_get_runs_a_query_with_variables(api: Api, raw_conn: asyncpg.Connection) -> None:

@@ -4,7 +4,6 @@ for a task whose status lets a worker still write."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -12,20 +11,13 @@ import asyncpg
 import pytest
 
 from checkmate.models import StageMetadata, StageStatus
-from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from tests.core_helpers import TaskSpec, make_tasks
-from tests.graphql_helpers import Api, running_api
+from tests.graphql_helpers import Api
 
 S = StageStatus
 QUERY = """query($id: ID!) { task(id: $id) { status metadata { index name status } } }"""
 PAGE = "{ tasks(maxResults: 10) { nodes { id stageStatus metadata { name status } } } }"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(settings) as api:
-        yield api
 
 
 async def _metadata(api: Api, task_id: UUID) -> Any:
