@@ -34,7 +34,7 @@ from checkmate.db import queries
 from checkmate.db.database import unavailable
 from checkmate.models import CheckMateTaskBatchResult, StageStatus, TaskFilter
 from checkmate.retry import connection_lost
-from checkmate.selection import BatchOptions, Selection, describe
+from checkmate.selection import BatchOptions, Selection
 from checkmate.settings import Settings
 from checkmate.store import StoreError, TaskParts, TaskStore
 
@@ -82,9 +82,9 @@ class BatchRunner:
         action: BatchAction,
         selection: Selection,
         options: BatchOptions,
-        audit: AuditRecord | None = None,
+        audit: AuditRecord,
     ) -> BatchResults:
-        """`audit`: the row a real run writes (a default one when not given)."""
+        """`audit`: the row a real run writes (a dry run writes none)."""
         async with self.connect() as conn:
             rows = await queries.select_batch_candidates(
                 conn, selection.task_filter, sort=selection.sort, limit=selection.max_results
@@ -99,7 +99,6 @@ class BatchRunner:
         decisions = [decide(task, get_facts(task.id, NO_FACTS), rules) for task in candidates]
         if not options.dry_run:
             plan = _Plan(action, candidates, facts, rules)
-            audit = audit or AuditRecord(action.value, describe(selection, options))
             decisions = await self._apply(plan, decisions, options.db_transact, audit, missing)
         return _split([*decisions, *missing])
 

@@ -17,11 +17,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import asyncpg
-
 from checkmate.db import queries
 from checkmate.db.demo import backdate_activity
-from checkmate.db.engine import asyncpg_dsn
 from checkmate.models import StageMetadata, StageStatus, TaskLock
 from checkmate.service import CheckMateService
 
@@ -82,7 +79,7 @@ async def _run_like_a_worker(service: CheckMateService, by_role: dict[str, list[
     now = datetime.now(UTC)
     live = f"{socket.gethostname()}:{os.getpid()}"
     store = service.store
-    conn = await asyncpg.connect(asyncpg_dsn(service.database_url))
+    conn = await service.database.raw_connect()
     try:
         for role, ids in by_role.items():
             worker = DEAD_WORKER if role in ("stale-lock", "orphan") else live

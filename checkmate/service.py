@@ -389,9 +389,7 @@ class CheckMateService:
         )
         runner = BatchRunner(self.engine, self._connect, self.store, self.settings)
         try:
-            succeeded, failed = await runner.run(
-                action, selection, options, None if options.dry_run else audit
-            )
+            succeeded, failed = await runner.run(action, selection, options, audit)
         except ServiceError as error:
             metrics.record_batch(action.value, options.dry_run, error.code)
             raise

@@ -22,11 +22,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
 
+from checkmate.db.queries import uuid_array
 from checkmate.db.tables import api_tokens, audit_log
 
 TOKEN_LISTING = (
@@ -100,14 +100,11 @@ async def append_audit_ids(
         update(audit_log)
         .where(audit_log.c.id == entry_id)
         .values(
-            succeeded=audit_log.c.succeeded.concat(_uuids(succeeded)),
-            failed=audit_log.c.failed.concat(_uuids(failed)),
+            succeeded=audit_log.c.succeeded.concat(uuid_array(succeeded)),
+            failed=audit_log.c.failed.concat(uuid_array(failed)),
         )
     )
 
-
-def _uuids(ids: Sequence[UUID]) -> Any:
-    return bindparam(None, list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))
 
 
 async def select_audit_page(

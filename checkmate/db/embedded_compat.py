@@ -117,13 +117,6 @@ class StopOutcome:
     users: list[int] = field(default_factory=list)  # live processes still listed as users
 
 
-def running_server_pid(data_dir: Path) -> int | None:
-    """The pid of the server running on data_dir's PGDATA, if one is."""
-    module = _server_module(data_dir)
-    info = module.PostmasterInfo.read_from_pgdata(pgdata_of(data_dir))
-    return info.pid if info is not None and info.is_running() else None
-
-
 def stop(data_dir: Path, *, force: bool = False) -> StopOutcome:
     """Stop the server of data_dir, unless live processes still use it (then only with
     `force`). Live users stay listed: the last of them to exit stops whatever server then runs."""

@@ -55,12 +55,12 @@ _NON_TERMINAL = sorted(status.value for status in StageStatus if status not in T
 _INVOKABLE = sorted(status.value for status in INVOKABLE_STATUSES)
 
 
-def _uuid_array(ids: Sequence[UUID]) -> Any:
+def uuid_array(ids: Sequence[UUID]) -> Any:
     return bindparam(None, list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))
 
 
 def _id_in(ids: Sequence[UUID]) -> ColumnElement[bool]:
-    return tasks.c.id == any_(_uuid_array(ids))
+    return tasks.c.id == any_(uuid_array(ids))
 
 
 def filter_clause(task_filter: TaskFilter) -> ColumnElement[bool]:
