@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -33,7 +34,7 @@ from checkmate.events import EventHub
 from checkmate.service import CheckMateService
 from checkmate.settings import Settings, get_settings
 from schema import build_schema
-from schema.access import ConnectionWatch, authenticate_connection
+from schema.access import FORBIDDEN, ConnectionWatch, authenticate_connection, error_body
 from schema.broadcast import Broadcast, Sink, frame_prefix, open_sink
 from schema.context import GraphQLContext
 from schema.errors import BAD_REQUEST
@@ -48,7 +49,6 @@ GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
 READINESS_TIMEOUT = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-FORBIDDEN = "FORBIDDEN"
 # Custom close code before accepting a websocket: the server answers the handshake with 403.
 WS_ORIGIN_REFUSED = 4403
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -66,6 +66,7 @@ LATENCY = Histogram(
 )
 
 
+@functools.lru_cache(maxsize=256)  # clients send few distinct Accept headers; parsed per request
 def response_media_type(accept: str) -> str | None:
     """GraphQL-over-HTTP: application/graphql-response+json when the client lists it at least as
     high as application/json; application/json for everyone else (legacy clients, */*, no
@@ -135,7 +136,7 @@ class GraphQLRouter(GraphQLView):
         self, request: Request, status: int, message: str, headers: Mapping[str, str]
     ) -> Response:
         request_id = request_id_of(request.headers)
-        body = {"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}
+        body = {"errors": [error_body(message, BAD_REQUEST)]}
         log.info("request %s refused (%d): %s", request_id, status, message)
         return Response(
             orjson.dumps(body),
@@ -283,7 +284,7 @@ class OriginPolicy:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": WS_ORIGIN_REFUSED, "reason": message})
             return
-        body = {"errors": [{"message": message, "extensions": {"code": FORBIDDEN}}]}
+        body = {"errors": [error_body(message, FORBIDDEN)]}
         await JSONResponse(body, status_code=403)(scope, receive, send)
 
 

@@ -98,3 +98,8 @@ async def bounded(step: Awaitable[T], what: str, within: float = 30) -> T:
         await asyncio.wait({task}, timeout=5)
         raise AssertionError(f"{what} did not finish within {within:g}s")
     return task.result()
+
+
+async def newest_event_id(conn: asyncpg.Connection) -> int:
+    """The id of the newest status event (0 when there is none)."""
+    return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))

@@ -14,7 +14,7 @@ from checkmate.db.tables import EVENTS_CHANNEL, QUEUED_CHANNEL
 from checkmate.models import StageStatus
 from checkmate.service import CheckMateService
 from tests.core_helpers import TaskSpec, insert_records, make_tasks
-from tests.support import TaskRow, insert_task_rows, wait_until
+from tests.support import TaskRow, insert_task_rows, newest_event_id, wait_until
 
 S = StageStatus
 
@@ -50,10 +50,6 @@ async def listener(database_url: str) -> AsyncIterator[Listener]:
     await conn.close()
 
 
-async def _last_event_id(raw_conn: asyncpg.Connection) -> int:
-    return int(await raw_conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))
-
-
 async def test_raw_update_of_500_rows_sends_one_notification(
     raw_conn: asyncpg.Connection, listener: Listener
 ) -> None:
@@ -61,7 +57,7 @@ async def test_raw_update_of_500_rows_sends_one_notification(
     ids = await insert_records(raw_conn, specs)
     await listener.settle(EVENTS_CHANNEL, 1)
     listener.received[EVENTS_CHANNEL].clear()
-    mark = await _last_event_id(raw_conn)
+    mark = await newest_event_id(raw_conn)
 
     await raw_conn.execute(
         "UPDATE tasks SET status = 'RUNNING', stage = 'stage-1' WHERE status = 'QUEUED'"
@@ -105,12 +101,12 @@ async def test_updates_that_keep_the_status_write_no_event(
     await insert_records(raw_conn, [TaskSpec(S.CREATED)] * 10)
     await listener.settle(EVENTS_CHANNEL, 1)
     listener.received[EVENTS_CHANNEL].clear()
-    mark = await _last_event_id(raw_conn)
+    mark = await newest_event_id(raw_conn)
 
     await raw_conn.execute("UPDATE tasks SET tags = ARRAY['x'], status = status")
 
     assert await listener.settle(EVENTS_CHANNEL, 0) == []
-    assert await _last_event_id(raw_conn) == mark
+    assert await newest_event_id(raw_conn) == mark
 
 
 async def test_service_batch_writes_one_event_per_changed_task_one_notice_per_statement(
@@ -120,7 +116,7 @@ async def test_service_batch_writes_one_event_per_changed_task_one_notice_per_st
     await insert_records(raw_conn, [TaskSpec(S.CREATED)] * 500 + [TaskSpec(S.ERROR)] * 20)
     await listener.settle(EVENTS_CHANNEL, 1)
     listener.received[EVENTS_CHANNEL].clear()
-    mark = await _last_event_id(raw_conn)
+    mark = await newest_event_id(raw_conn)
 
     succeeded, failed = await service.cancel(
         statuses=[S.CREATED, S.ERROR], max_results=520, dry_run=False

@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
 from tests.subscription_support import TIMEOUT, Served, serving
-from tests.support import wait_until
+from tests.support import newest_event_id, wait_until
 
 SUBSCRIPTION = """
 subscription Feed($filter: TaskFilter, $after: ID) {
@@ -225,7 +225,7 @@ async def test_a_lagging_subscriber_gets_its_resume_point_and_others_carry_on(
     settings: Settings, raw_conn: asyncpg.Connection, kind: type[TransportWs]
 ) -> None:
     ids = await insert_tasks(raw_conn, 20)
-    start = int(await raw_conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))
+    start = await newest_event_id(raw_conn)
     async with serving(settings) as served, client(served, kind) as slow:
         hub = served.app.state.hub
         hub.max_queue = 3  # taken by each subscriber when it subscribes

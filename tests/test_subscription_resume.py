@@ -16,7 +16,7 @@ from checkmate.events import EventHub
 from checkmate.settings import Settings
 from tests.graphql_helpers import insert_tasks
 from tests.subscription_support import SUBSCRIPTION
-from tests.support import wait_until
+from tests.support import newest_event_id, wait_until
 from tests.test_graphql_subscriptions import (
     LegacyWs,
     TransportWs,
@@ -42,10 +42,6 @@ def only_error(message: dict[str, Any]) -> dict[str, Any]:
     assert errors is not None, f"expected an error, got {message}"
     [error] = errors
     return dict(error)
-
-
-async def newest_event_id(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))
 
 
 async def oldest_is(conn: asyncpg.Connection, event_id: int) -> bool:

@@ -21,7 +21,7 @@ from tests.subscription_support import (
     running_server,
     subscribe,
 )
-from tests.support import wait_until
+from tests.support import newest_event_id, wait_until
 from tests.test_events import _write_changes, new_tasks, set_status, stored_events
 
 pytestmark = pytest.mark.slow
@@ -46,10 +46,6 @@ def expected(row: asyncpg.Record) -> dict[str, Any]:
 
 def without_time(event: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if key not in ("changedAt", "task")}
-
-
-async def last_event_id(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM status_events"))
 
 
 async def wait_for_subscribers(server: ServerProcess, count: int) -> None:
@@ -78,7 +74,7 @@ async def test_a_change_committed_by_another_connection_reaches_the_websocket_cl
     )
     async with subscribe(server.ws_url, protocol=protocol, query=query) as subscription:
         await wait_for_subscribers(server, 1)
-        start = await last_event_id(raw_conn)
+        start = await newest_event_id(raw_conn)
         await set_status(raw_conn, [task_id], StageStatus.QUEUED)
         (event,) = await subscription.events(1)
     (row,) = await stored_events(raw_conn, start)
@@ -91,7 +87,7 @@ async def test_after_event_id_resumes_after_a_disconnect_without_loss(
     server: ServerProcess, raw_conn: asyncpg.Connection
 ) -> None:
     ids = await new_tasks(raw_conn, 4)
-    start = await last_event_id(raw_conn)
+    start = await newest_event_id(raw_conn)
     async with subscribe(server.ws_url, {"after": str(start)}) as subscription:
         await set_status(raw_conn, ids[:2], StageStatus.QUEUED)
         seen = await subscription.events(2)
@@ -109,7 +105,7 @@ async def test_a_filter_selects_the_events_of_one_task(
     server: ServerProcess, raw_conn: asyncpg.Connection
 ) -> None:
     mine, other = await new_tasks(raw_conn, 2)
-    start = await last_event_id(raw_conn)
+    start = await newest_event_id(raw_conn)
     variables = {"filter": {"ids": [str(mine)]}, "after": str(start)}
     async with subscribe(server.ws_url, variables) as subscription:
         await set_status(raw_conn, [other], StageStatus.QUEUED)
@@ -132,7 +128,7 @@ async def test_two_server_processes_both_deliver_every_event_through_listener_lo
     database_url: str, tmp_path: Path, raw_conn: asyncpg.Connection
 ) -> None:
     groups: list[list[UUID]] = [await new_tasks(raw_conn, 25) for _ in range(4)]
-    start = await last_event_id(raw_conn)
+    start = await newest_event_id(raw_conn)
     with (
         running_server(database_url, tmp_path / "a") as first,
         running_server(database_url, tmp_path / "b") as second,
