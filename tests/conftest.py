@@ -21,6 +21,7 @@ from checkmate.settings import Settings
 from checkmate.store import TaskStore
 from schema.execution import FAST_PATH
 from tests.graphql_helpers import Api, running_api
+from tests.subscription_support import ServerProcess, running_server
 from tests.worker_support import start_worker  # noqa: F401  (a fixture for the worker tests)
 
 TEMPLATE = f"checkmate_template_{os.getpid()}"
@@ -120,3 +121,10 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     """The app over real HTTP (httpx's ASGI transport, lifespan included)."""
     async with running_api(settings) as api:
         yield api
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real `checkmate serve` process (uvicorn on a loopback port) on the test's database."""
+    with running_server(database_url, tmp_path) as server:
+        yield server

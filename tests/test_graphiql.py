@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +19,7 @@ import pytest
 from checkmate.models import StageStatus
 from schema.graphiql import ASSETS, ASSETS_PATH, IMMUTABLE
 from tests.graphql_helpers import Api, insert_tasks, running_api
-from tests.subscription_support import ServerProcess, running_server
+from tests.subscription_support import ServerProcess
 from tests.test_events import new_tasks, set_status
 from tests.test_subscriptions import wait_for_subscribers
 
@@ -104,12 +104,6 @@ def chromium_path() -> str:
     if path is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium): no browser")
     return path
-
-
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(database_url, tmp_path) as server:
-        yield server
 
 
 async def editor_value(page: Any, editor: str) -> str:

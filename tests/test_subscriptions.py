@@ -4,7 +4,6 @@ clients in both protocols, changes committed by a separate raw asyncpg connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -25,12 +24,6 @@ from tests.support import newest_event_id, wait_until
 from tests.test_events import _write_changes, new_tasks, set_status, stored_events
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(database_url, tmp_path) as server:
-        yield server
 
 
 def expected(row: asyncpg.Record) -> dict[str, Any]:
